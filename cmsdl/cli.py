@@ -1,0 +1,64 @@
+"""The `cmsdl` command: `cmsdl <subcommand> [key=value ...]`; each subcommand is a Hydra app."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import cmsdl
+from cmsdl.errors import closest
+
+# subcommand → (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("cmsdl.train", "main", "train a model: cmsdl train experiment=workflow_actions trainer=gpu"),
+    "eval": ("cmsdl.evaluate", "main", "evaluate a checkpoint on a split, write metrics and plots: cmsdl eval ckpt=..."),
+    "simulate-workflows": ("cmsdl.data.workflow_sim", "main",
+                           "write synthetic CMS workflows with errors and actions (JSON)"),
+    "cluster-workflows": ("cmsdl.tools.cluster", "main", "k-means clusters of workflows with similar errors"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"cmsdl {cmsdl.__version__}: deep learning for CMS computing and physics",
+        "",
+        "usage: cmsdl <command> [key=value ...] [--help] [-m]",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, (_, _, text) in COMMANDS.items()),
+        "",
+        "Every command is a Hydra app: `cmsdl <command> --help` shows its config, `--cfg job` the composed one.",
+    ]
+    return "\n".join(lines)
+
+
+def hoist_multirun_flag(args: list[str]) -> list[str]:
+    """Put -m/--multirun first: Hydra's parser rejects it between overrides, which users write anyway."""
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    return flags[:1] + [a for a in args if a not in ("-m", "--multirun")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"cmsdl {cmsdl.__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        hint = closest(name, COMMANDS)
+        print(f"cmsdl: unknown command {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+              + f" (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module, function, _ = COMMANDS[name]
+    app = getattr(importlib.import_module(module), function)
+    sys.argv = [f"cmsdl-{name}", *hoist_multirun_flag(rest)]
+    app()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Where cmsdl's Hydra configs live and how a command becomes a Hydra app."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cmsdl.errors import CmsdlError
+from cmsdl.runs import register_resolvers
+
+log = logging.getLogger(__name__)
+
+
+def config_dir() -> str:
+    """Absolute path of the config tree: the repository's configs/ or, once installed, cmsdl/configs in the wheel."""
+    return str(Path(str(resources.files("cmsdl.configs"))).resolve())
+
+
+def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Turn `fn(cfg)` into a Hydra app on configs/<config_name>.yaml; a CmsdlError exits 2 with one line."""
+
+    def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> Any:
+            try:
+                return fn(cfg)
+            except CmsdlError as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+        register_resolvers()
+        return hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)
+
+    return wrap
+
+
+def instantiate_logged(cfg: DictConfig, what: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, logging the class it builds; a bad target becomes a ConfigError."""
+    target = cfg.get("_target_", "?")
+    log.info("building %s <%s>", what, target)
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except hydra.errors.InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, CmsdlError):
+            raise cause from None
+        raise CmsdlError(f"{what}: cannot build <{target}>: {cause or err}") from None
+
+
+def instantiate_group(cfg: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every entry with a _target_ in a config group such as callbacks or logger."""
+    if not cfg:
+        return []
+    return [instantiate_logged(entry, f"{what}.{name}") for name, entry in cfg.items() if "_target_" in entry]
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain, fully resolved Python containers (for checkpoints and JSON)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def compose_run_config(name: str, overrides: list[str], output_dir: str | Path | None = None) -> DictConfig:
+    """Compose configs/<name>.yaml outside a Hydra app (tests, benchmarks, notebooks), as `cmsdl <name>` would.
+
+    Hydra's global state is set for this config; `output_dir` replaces the run directory Hydra would create.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if output_dir is not None and "paths" in cfg:
+            cfg.paths.output_dir = str(output_dir)
+    return cfg

@@ -1,0 +1,1 @@
+"""Data formats, feature builders and LightningDataModules."""

@@ -1,0 +1,208 @@
+"""TabularDataModule: any tabular source (workflows, popularity, transfers) → stratified splits → batches.
+
+A *source* loads records with integer labels and fits its feature builder on the training split only;
+this module splits, standardises with statistics of the training split, and serves whole-batch tensors.
+Its state (the fitted source and the scaling) travels inside every checkpoint for eval and export.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from cmsdl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class TabularSource(Protocol):
+    """What TabularDataModule needs from a data source."""
+
+    class_names: list[str]
+    feature_names: list[str]
+    fitted: bool
+
+    def load(self) -> tuple[Sequence[Any], np.ndarray]: ...
+    def fit(self, records: Sequence[Any]) -> Any: ...
+    def transform(self, records: Sequence[Any]) -> np.ndarray: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class BatchTensors(Dataset):
+    """Indexed by a list of row numbers, returns the whole batch at once (one gather instead of one per row)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(rows)
+        return self.features[index], self.labels[index]
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: Sequence[float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train/val/test, each keeping the class mix of `labels`."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(f"data.split: expected three positive fractions summing to 1, got {list(fractions)}")
+    rows = np.arange(len(labels))
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 3 else None
+    try:
+        train, rest = train_test_split(rows, train_size=fractions[0], stratify=stratify, random_state=seed)
+        val_share = fractions[1] / (fractions[1] + fractions[2])
+        rest_stratify = labels[rest] if stratify is not None else None
+        val, test = train_test_split(rest, train_size=val_share, stratify=rest_stratify, random_state=seed)
+    except ValueError as err:
+        raise ConfigError(f"data.split: cannot split {len(labels)} records into {list(fractions)}: {err}") from None
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+class TabularDataModule(pl.LightningDataModule):
+    """Splits a tabular source, fits features and scaling on the training split, and batches tensors."""
+
+    def __init__(
+        self,
+        source: TabularSource,
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        batch_size: int = 256,
+        eval_batch_size: int = 4096,
+        standardize: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 12345,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.split = tuple(split)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.standardize = standardize
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        self.records: Sequence[Any] = ()
+        self.splits: dict[str, BatchTensors] = {}
+        self.split_rows: dict[str, np.ndarray] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.source.feature_names)
+
+    @property
+    def num_features(self) -> int:
+        self.setup()
+        return len(self.feature_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self._build()
+
+    def _build(self) -> None:
+        records, labels = self.source.load()
+        train, val, test = stratified_split(labels, self.split, self.seed)
+        if not self.source.fitted:
+            self.source.fit([records[i] for i in train])
+        features = self.source.transform(records)
+        if self.mean is None:
+            self._fit_scaling(features[train])
+        features = (features - self.mean) / self.std
+        x, y = torch.from_numpy(features.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
+        self.records = records
+        self.split_rows = {"train": train, "val": val, "test": test}
+        self.splits = {name: BatchTensors(x[rows], y[rows]) for name, rows in self.split_rows.items()}
+        log.info(
+            "tabular data: %d features, train/val/test = %d/%d/%d, classes %s",
+            x.shape[1], len(train), len(val), len(test), self.class_names,
+        )
+
+    def _fit_scaling(self, train_features: np.ndarray) -> None:
+        n = train_features.shape[1]
+        if not self.standardize:
+            self.mean, self.std = np.zeros(n, np.float32), np.ones(n, np.float32)
+            return
+        self.mean = train_features.mean(axis=0).astype(np.float32)
+        std = train_features.std(axis=0).astype(np.float32)
+        self.std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        data = self.splits[name]
+        if shuffle:
+            order = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed))
+            batches = BatchSampler(order, self.batch_size, drop_last=False)
+        else:
+            batches = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+        return DataLoader(
+            data,
+            sampler=batches,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Everything needed to turn raw records into model input: the fitted source and the scaling."""
+        self.setup()
+        return {
+            "feature_names": self.feature_names,
+            "class_names": self.class_names,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "source": self.source.state_dict(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.preprocessing()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a fitted source and scaling (from a checkpoint); features are rebuilt with them."""
+        if self.splits and state == self.preprocessing():
+            return
+        self.source.load_state_dict(state["source"])
+        self.mean = np.asarray(state["mean"], dtype=np.float32)
+        self.std = np.asarray(state["std"], dtype=np.float32)
+        self.splits = {}
+
+    def net_inputs(self) -> dict[str, int]:
+        """Input size arguments for the network, filled into the model config."""
+        return {"in_features": self.num_features}
+
+    def split_ids(self, name: str) -> list[str]:
+        """Identifiers of the rows of a split (record names where records have one)."""
+        self.setup()
+        return [str(getattr(self.records[i], "name", i)) for i in self.split_rows[name]]
+
+    def split_loader(self, name: str) -> DataLoader:
+        """Batches of one split, in order."""
+        return self._loader(name, shuffle=False)

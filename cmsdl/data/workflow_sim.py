@@ -1,0 +1,227 @@
+"""Synthetic CMS production workflows with realistic errors, for training and tests without CMS data.
+
+Each workflow has one dominant failure cause (sometimes two), which decides which exit codes appear, whether
+they sit at one or two (often bad) sites or spread over all sites the workflow ran at, and how an operator
+would most likely react. The action is drawn from that tendency and then flipped with `label_noise`, so the
+task is learnable but not trivial. Output follows :mod:`cmsdl.data.workflows`. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmsdl.data.workflows import ACTIONS, FORMAT
+from cmsdl.errors import ConfigError
+
+EXIT_CODES: dict[int, str] = {
+    -1: "no exit code reported",
+    84: "CMSSW: a required file was not found",
+    85: "CMSSW: error reading a file",
+    92: "CMSSW: file open failed, also after fallback",
+    134: "SIGABRT: process aborted",
+    139: "SIGSEGV: segmentation violation",
+    8001: "CMSSW: other CMS exception",
+    8004: "CMSSW: std::bad_alloc, out of memory",
+    8020: "CMSSW: file open error",
+    8021: "CMSSW: file read error",
+    8028: "CMSSW: file open error with fallback",
+    50110: "executable file is not found",
+    50660: "wrapper killed the job for too much RSS memory",
+    50664: "wrapper killed the job for too much wall-clock time",
+    60307: "stage-out of an output file failed",
+    61202: "cannot determine the site to stage out to",
+    71304: "WMAgent killed the job for exceeding wall-clock time",
+    71305: "WMAgent killed the job for exceeding memory",
+    99303: "no framework job report",
+    99305: "job report without an exit code",
+}
+
+SITES: tuple[str, ...] = (
+    "T0_CH_CERN", "T1_DE_KIT", "T1_ES_PIC", "T1_FR_CCIN2P3", "T1_IT_CNAF", "T1_RU_JINR", "T1_UK_RAL",
+    "T1_US_FNAL", "T2_BE_IIHE", "T2_BE_UCL", "T2_CH_CERN", "T2_CH_CERN_HLT", "T2_CH_CSCS", "T2_CN_Beijing",
+    "T2_DE_DESY", "T2_DE_RWTH", "T2_EE_Estonia", "T2_ES_CIEMAT", "T2_ES_IFCA", "T2_FR_GRIF_IRFU",
+    "T2_FR_GRIF_LLR", "T2_FR_IPHC", "T2_IT_Bari", "T2_IT_Legnaro", "T2_IT_Pisa", "T2_IT_Rome",
+    "T2_KR_KISTI", "T2_PL_Swierk", "T2_PT_NCG_Lisbon", "T2_RU_JINR", "T2_TW_NCHC", "T2_UK_London_Brunel",
+    "T2_UK_London_IC", "T2_UK_SGrid_RALPP", "T2_US_Caltech", "T2_US_Florida", "T2_US_MIT",
+    "T2_US_Nebraska", "T2_US_Purdue", "T2_US_UCSD", "T2_US_Vanderbilt", "T2_US_Wisconsin",
+    "T3_US_FNALLPC", "T3_US_NERSC", "T3_US_OSG", "T3_IT_Trieste",
+)
+NO_SITE = "NoReportedSite"
+CAMPAIGNS = ("RunIIFall17wmLHEGS", "RunIIAutumn18DRPremix", "RunIISummer19UL17SIM", "Run3Summer22EEGS")
+PWGS = ("HIG", "SUS", "EXO", "TOP", "SMP", "BPH", "B2G", "TSG")
+TASK_STEPS = ("GENSIM", "DIGIPremix", "RECO", "MiniAOD", "NanoAOD")
+
+
+@dataclass(frozen=True)
+class Cause:
+    """A failure cause: its exit codes (with weights), whether it is local to a site, and the usual reaction."""
+
+    name: str
+    codes: dict[int, float]
+    local: bool
+    action_logits: dict[str, float]
+    weight: float
+
+
+CAUSES: tuple[Cause, ...] = (
+    Cause("input-file", {84: 3, 85: 3, 92: 2, 8020: 2, 8021: 1, 8028: 2}, True,
+          {"acdc": 1.6, "clone": -0.4, "kill": -2.0, "resubmit": -1.0}, 0.26),
+    Cause("stage-out", {60307: 4, 61202: 1, 99303: 2}, True,
+          {"acdc": 1.2, "clone": -0.2, "kill": -2.5, "resubmit": 0.0}, 0.14),
+    Cause("memory", {50660: 5, 71305: 2, 8004: 2, 134: 1}, False,
+          {"acdc": -0.8, "clone": 1.3, "kill": -1.0, "resubmit": -0.5}, 0.24),
+    Cause("wallclock", {50664: 4, 71304: 4}, False,
+          {"acdc": 0.1, "clone": 0.5, "kill": -1.5, "resubmit": -0.5}, 0.20),
+    Cause("crash", {139: 3, 8001: 4, 134: 1, 50110: 1}, False,
+          {"acdc": -0.5, "clone": 0.3, "kill": 0.8, "resubmit": -1.0}, 0.16),
+)
+
+
+def _site_profile(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per site: share of jobs it runs, probability of being 'bad', and whether its status is tracked."""
+    tier = np.array([int(s[1]) for s in SITES])
+    capacity = np.choose(tier, [6.0, 4.0, 1.5, 0.4]) * rng.lognormal(0, 0.3, len(SITES))
+    p_bad = np.choose(tier, [0.02, 0.06, 0.12, 0.2]) * rng.lognormal(0, 0.5, len(SITES))
+    tracked = tier < 3
+    return capacity / capacity.sum(), np.clip(p_bad, 0, 0.6), tracked
+
+
+def simulate_workflows(
+    n_workflows: int = 3000,
+    seed: int = 1,
+    label_noise: float = 0.1,
+    actions: tuple[str, ...] = ("acdc", "clone", "kill"),
+) -> dict[str, Any]:
+    """A workflow document (see cmsdl.data.workflows) with `n_workflows` synthetic workflows."""
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown or not actions:
+        raise ConfigError(f"actions: expected a subset of {ACTIONS}, got {list(actions)}")
+    rng = np.random.default_rng(seed)
+    share, p_bad, tracked = _site_profile(rng)
+    workflows = [_workflow(i, rng, share, p_bad, tracked, label_noise, actions) for i in range(n_workflows)]
+    return {"format": FORMAT, "generator": {"name": "cmsdl simulate-workflows", "seed": seed}, "workflows": workflows}
+
+
+def _workflow(
+    index: int,
+    rng: np.random.Generator,
+    share: np.ndarray,
+    p_bad: np.ndarray,
+    tracked: np.ndarray,
+    label_noise: float,
+    actions: tuple[str, ...],
+) -> dict[str, Any]:
+    name = _workflow_name(index, rng)
+    n_sites = int(rng.integers(2, 16))
+    sites = rng.choice(len(SITES), size=n_sites, replace=False, p=share)
+    bad = rng.random(n_sites) < p_bad[sites]
+    causes = _pick_causes(rng)
+    scale = rng.lognormal(2.0, 1.0)
+    steps = TASK_STEPS[: int(rng.integers(1, len(TASK_STEPS) + 1))]
+    tasks = []
+    for step in steps:
+        errors = _task_errors(rng, causes, sites, bad, share, scale / len(steps))
+        status = {SITES[s]: ("bad" if b else "good") for s, b in zip(sites, bad) if tracked[s]}
+        tasks.append({"name": f"/{name}/{step}", "errors": errors, "site_status": status})
+    bad_share = float(bad.mean())
+    return {"name": name, "action": _action(rng, causes, bad_share, label_noise, actions), "tasks": tasks}
+
+
+def _workflow_name(index: int, rng: np.random.Generator) -> str:
+    pwg, campaign = PWGS[rng.integers(len(PWGS))], CAMPAIGNS[rng.integers(len(CAMPAIGNS))]
+    date = f"{17 + rng.integers(0, 6):02d}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+    return f"pdmvserv_task_{pwg}-{campaign}-{index:05d}__v1_T_{date}_{rng.integers(100000, 999999)}_{index % 10000:04d}"
+
+
+def _pick_causes(rng: np.random.Generator) -> list[Cause]:
+    weights = np.array([c.weight for c in CAUSES])
+    first = int(rng.choice(len(CAUSES), p=weights / weights.sum()))
+    if rng.random() < 0.3:
+        second = int(rng.choice(len(CAUSES), p=weights / weights.sum()))
+        if second != first:
+            return [CAUSES[first], CAUSES[second]]
+    return [CAUSES[first]]
+
+
+def _task_errors(
+    rng: np.random.Generator,
+    causes: list[Cause],
+    sites: np.ndarray,
+    bad: np.ndarray,
+    share: np.ndarray,
+    scale: float,
+) -> dict[str, dict[str, int]]:
+    errors: dict[str, dict[str, int]] = {}
+    for k, cause in enumerate(causes):
+        strength = scale * (1.0 if k == 0 else 0.3)
+        where = _cause_sites(rng, cause, sites, bad, share)
+        codes = list(cause.codes)
+        p_code = np.array(list(cause.codes.values()), dtype=float)
+        for site in where:
+            n_codes = int(rng.integers(1, min(3, len(codes)) + 1))
+            for code in rng.choice(codes, size=n_codes, replace=False, p=p_code / p_code.sum()):
+                count = int(rng.poisson(strength * rng.lognormal(0, 0.7)))
+                if count:
+                    _add(errors, int(code), SITES[site], count)
+    for site in sites[rng.random(len(sites)) < 0.5]:
+        _add(errors, -1, SITES[site], 1)
+    if rng.random() < 0.15:
+        _add(errors, 99305, NO_SITE, int(rng.integers(1, 100)))
+    return errors
+
+
+def _cause_sites(
+    rng: np.random.Generator, cause: Cause, sites: np.ndarray, bad: np.ndarray, share: np.ndarray
+) -> np.ndarray:
+    """Local causes hit one or two sites, bad ones first; global causes hit most sites the workflow ran at."""
+    if cause.local:
+        weight = share[sites] * np.where(bad, 8.0, 1.0)
+        n = min(len(sites), int(rng.integers(1, 3)))
+        return rng.choice(sites, size=n, replace=False, p=weight / weight.sum())
+    return sites[rng.random(len(sites)) < 0.8]
+
+
+def _action(
+    rng: np.random.Generator, causes: list[Cause], bad_share: float, label_noise: float, actions: tuple[str, ...]
+) -> str:
+    logits = np.array([sum(c.action_logits[a] * (1.0 if k == 0 else 0.4) for k, c in enumerate(causes)) for a in actions])
+    if "acdc" in actions:
+        logits[actions.index("acdc")] += 1.5 * bad_share
+    p = np.exp(logits - logits.max())
+    action = actions[int(rng.choice(len(actions), p=p / p.sum()))]
+    if rng.random() < label_noise:
+        action = actions[int(rng.integers(len(actions)))]
+    return action
+
+
+def _add(errors: dict[str, dict[str, int]], code: int, site: str, count: int) -> None:
+    per_site = errors.setdefault(str(code), {})
+    per_site[site] = per_site.get(site, 0) + count
+
+
+def write_simulated_workflows(cfg: Any) -> Path:
+    """Simulate cfg.n_workflows workflows and write them to cfg.out, with the config beside it."""
+    from omegaconf import OmegaConf
+
+    from cmsdl.io import atomic_write, write_json
+
+    doc = simulate_workflows(cfg.n_workflows, cfg.seed, cfg.label_noise, tuple(cfg.actions))
+    out = Path(cfg.out)
+    write_json(out, doc, indent=None)
+    with atomic_write(out.with_name(out.stem + ".config.yaml")) as handle:
+        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    actions = Counter(wf["action"] for wf in doc["workflows"])
+    print(f"wrote {len(doc['workflows'])} workflows to {out} (actions: "
+          + ", ".join(f"{a} {n}" for a, n in actions.most_common()) + ")")
+    return out
+
+
+def main() -> None:
+    from cmsdl.config import hydra_app
+
+    hydra_app("simulate_workflows")(write_simulated_workflows)()

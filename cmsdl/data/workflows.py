@@ -1,0 +1,144 @@
+"""The workflow error-handling data format: CMS workflows, their task errors per site, and the operator action.
+
+One JSON document holds the workflows; this module reads and validates it. It imports no torch.
+
+Example document (``cmsdl simulate-workflows`` writes this format)::
+
+    {
+      "format": "cmsdl-workflows/1",
+      "workflows": [
+        {
+          "name": "pdmvserv_task_HIG-RunIIFall17wmLHEGS-01234__v1_T_171201_101010_5555",
+          "action": "acdc",
+          "tasks": [
+            {
+              "name": "/pdmvserv_task_HIG-RunIIFall17wmLHEGS-01234__v1_T_171201_101010_5555/GENSIM",
+              "errors": {"50664": {"T1_US_FNAL": 12, "T2_CH_CERN": 3}, "-1": {"T2_US_MIT": 1}},
+              "site_status": {"T1_US_FNAL": "good", "T2_CH_CERN": "bad"}
+            }
+          ]
+        }
+      ]
+    }
+
+- ``errors`` maps a CMS exit code (a string holding an integer, e.g. ``"50660"`` or ``"-1"``) to the number of
+  failed jobs per site. Counts are non-negative integers.
+- ``site_status`` gives each site's status when the errors were seen: ``good``, ``bad``, or ``unknown``.
+  A site that is missing, ``null`` or ``unknown`` is treated as good, as in the seed study.
+- ``action`` is what the operator did: one of :data:`ACTIONS`; it may be missing or ``null`` for workflows
+  that are still to be handled (prediction and clustering need no action).
+A bare list of workflows is accepted as the whole document too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cmsdl.errors import InputFormatError
+
+FORMAT = "cmsdl-workflows/1"
+ACTIONS = ("acdc", "clone", "kill", "resubmit")
+SITE_STATUSES = ("good", "bad", "unknown")
+
+
+@dataclass(frozen=True)
+class ErrorCount:
+    """Failed jobs of one task with one exit code at one site."""
+
+    code: int
+    site: str
+    site_bad: bool
+    count: int
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One workflow: its name, operator action (None when unknown), and all its task errors."""
+
+    name: str
+    action: str | None
+    errors: tuple[ErrorCount, ...]
+
+    @property
+    def n_failed_jobs(self) -> int:
+        return sum(e.count for e in self.errors)
+
+
+def load_workflows(path: str | Path) -> list[Workflow]:
+    """Read and validate a workflow document; any problem raises one InputFormatError naming file, workflow, field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputFormatError(f"{path}: no such workflow file") from None
+    except OSError as err:
+        raise InputFormatError(f"{path}: cannot read workflow file ({err.strerror})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputFormatError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    return parse_workflows(doc, source=str(path))
+
+
+def parse_workflows(doc: Any, source: str = "<workflows>") -> list[Workflow]:
+    """Validate an already-decoded workflow document (a dict with 'workflows', or a list)."""
+    records = doc.get("workflows") if isinstance(doc, dict) else doc
+    if not isinstance(records, list):
+        raise InputFormatError(f"{source}: expected a JSON object with a 'workflows' list, or a list of workflows")
+    return [_parse_workflow(rec, i, source) for i, rec in enumerate(records)]
+
+
+def _parse_workflow(rec: Any, index: int, source: str) -> Workflow:
+    where = f"{source}: workflow #{index}"
+    if not isinstance(rec, dict):
+        raise InputFormatError(f"{where}: expected an object, got {type(rec).__name__}")
+    name = rec.get("name")
+    if not isinstance(name, str) or not name:
+        raise InputFormatError(f"{where}: field 'name' must be a non-empty string")
+    where = f"{source}: workflow '{name}'"
+    action = rec.get("action")
+    if action is not None and action not in ACTIONS:
+        raise InputFormatError(f"{where}: field 'action' is {action!r}, expected one of {', '.join(ACTIONS)} or null")
+    tasks = rec.get("tasks")
+    if not isinstance(tasks, list):
+        raise InputFormatError(f"{where}: field 'tasks' must be a list of tasks")
+    errors: list[ErrorCount] = []
+    for t, task in enumerate(tasks):
+        errors.extend(_parse_task(task, f"{where}: tasks[{t}]"))
+    return Workflow(name=name, action=action, errors=tuple(errors))
+
+
+def _parse_task(task: Any, where: str) -> list[ErrorCount]:
+    if not isinstance(task, dict):
+        raise InputFormatError(f"{where}: expected an object with 'errors' and 'site_status'")
+    if not isinstance(task.get("errors"), dict):
+        raise InputFormatError(f"{where}: field 'errors' must map exit codes to {{site: count}}")
+    status = task.get("site_status") or {}
+    if not isinstance(status, dict):
+        raise InputFormatError(f"{where}: field 'site_status' must map sites to good/bad/unknown")
+    for site, value in status.items():
+        if value is not None and value not in SITE_STATUSES:
+            raise InputFormatError(f"{where}.site_status['{site}']: got {value!r}, expected good, bad, unknown or null")
+    out = []
+    for code_text, per_site in task["errors"].items():
+        code = _parse_code(code_text, f"{where}.errors")
+        if not isinstance(per_site, dict):
+            raise InputFormatError(f"{where}.errors['{code_text}']: expected {{site: count}}, got {per_site!r}")
+        for site, count in per_site.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise InputFormatError(
+                    f"{where}.errors['{code_text}']['{site}']: expected a non-negative integer count, got {count!r}"
+                )
+            if count:
+                out.append(ErrorCount(code, site, status.get(site) == "bad", count))
+    return out
+
+
+def _parse_code(text: str, where: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InputFormatError(f"{where}: exit code {text!r} is not an integer") from None

@@ -1,0 +1,115 @@
+"""Classifier: the LightningModule that trains any cmsdl network (MLP, ResNet) on labelled batches.
+
+With two classes and ``binary_head`` the network has one output (the logit of the second class) and the loss
+is binary cross-entropy, as in the seed's workflow-action DNN; otherwise softmax cross-entropy.
+Metrics: loss, accuracy, ROC AUC (one-vs-rest for several classes), per split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import Accuracy, AUROC
+
+
+def output_size(class_names: Sequence[str], binary_head: bool) -> int:
+    """Number of network outputs: 1 for a binary head, else one per class."""
+    return 1 if binary_head and len(class_names) == 2 else len(class_names)
+
+
+class Classifier(pl.LightningModule):
+    """Trains `net` with the optimiser (and optional scheduler) factories given by the config."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        class_names: Sequence[str],
+        scheduler: Callable[..., Any] | None = None,
+        binary_head: bool = True,
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_names = list(class_names)
+        self.binary = output_size(class_names, binary_head) == 1
+        self.monitor = monitor
+        task = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": len(class_names)}
+        self.val_metrics = MetricCollection({"acc": Accuracy(**task), "auroc": AUROC(**task)}, prefix="val/")
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw network outputs (logits)."""
+        return self.net(x)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, shape (batch, n_classes), from logits."""
+        if self.binary:
+            p = torch.sigmoid(logits.reshape(-1))
+            return torch.stack([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.float())
+        return F.cross_entropy(logits, y)
+
+    def _metric_input(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.reshape(-1)) if self.binary else torch.softmax(logits, dim=1)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        metrics.update(self._metric_input(logits.detach()), y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss and accuracy are summed on the device and logged once per epoch: self.log or a torchmetrics
+        update per step costs a good part of a small network's whole step (scripts/bench_train_overhead.py)."""
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        with torch.no_grad():
+            self._train_sums += torch.stack([loss * len(y), (self._predicted(logits) == y).sum()])
+        self._train_count += len(y)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = torch.zeros(2, device=self.device)
+        self._train_count = 0
+
+    def on_train_epoch_end(self) -> None:
+        loss, acc = (self._train_sums / max(self._train_count, 1)).unbind()
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("train/acc", acc, sync_dist=True)
+
+    def _predicted(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.reshape(-1) > 0).long() if self.binary else logits.argmax(dim=1)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"probs": self.probabilities(self(x)), "labels": y}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}

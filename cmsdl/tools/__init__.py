@@ -1,0 +1,1 @@
+"""Non-deep-learning tools of the same studies: workflow clustering, cache simulation."""

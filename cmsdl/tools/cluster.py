@@ -1,0 +1,124 @@
+"""`cmsdl cluster-workflows`: k-means on the per-workflow error-code x site-status matrices (the seed's tool).
+
+Sites are collapsed into good/bad, so workflows with the same errors at different sites land together.
+Writes assignments.csv (workflow, cluster, action), clusters.json (per-cluster summary) and config.yaml.
+Imports no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+
+from cmsdl.config import hydra_app
+from cmsdl.data.workflow_features import WorkflowMatrix
+from cmsdl.data.workflow_sim import EXIT_CODES
+from cmsdl.data.workflows import Workflow, load_workflows
+from cmsdl.errors import ConfigError
+from cmsdl.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+SILHOUETTE_SAMPLE = 3000
+
+
+@dataclass
+class Clustering:
+    labels: np.ndarray
+    k: int
+    silhouette: float
+    scores: dict[int, float]
+
+
+def _fit(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, float]:
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(features)
+    if len(np.unique(labels)) < 2:
+        return labels, -1.0
+    size = min(len(features), SILHOUETTE_SAMPLE)
+    return labels, float(silhouette_score(features, labels, sample_size=size, random_state=seed))
+
+
+def kmeans(features: np.ndarray, k: int | str, k_min: int = 2, k_max: int = 12, seed: int = 0) -> Clustering:
+    """K-means with a fixed k, or with the k in [k_min, k_max] that has the best silhouette score."""
+    n = len(features)
+    if k == "auto":
+        candidates = range(max(2, k_min), min(k_max, n - 1) + 1)
+    elif isinstance(k, int) and 1 <= k <= n:
+        candidates = range(k, k + 1)
+    else:
+        raise ConfigError(f"k: got {k!r}, expected 'auto' or an integer between 1 and the {n} workflows")
+    if not candidates:
+        raise ConfigError(f"k_min/k_max: no k to try in [{k_min}, {k_max}] for {n} workflows")
+    results = {c: _fit(features, c, seed) for c in candidates}
+    best = max(results, key=lambda c: results[c][1])
+    return Clustering(results[best][0], best, results[best][1], {c: r[1] for c, r in results.items()})
+
+
+def summarize(workflows: Sequence[Workflow], labels: np.ndarray, top_codes: int = 3) -> list[dict[str, Any]]:
+    """Per cluster: size, most frequent exit codes (by failed jobs), share of failures at bad sites, actions."""
+    summary = []
+    for cluster in np.unique(labels):
+        members = [wf for wf, c in zip(workflows, labels) if c == cluster]
+        jobs: Counter[int] = Counter()
+        bad_jobs = 0
+        for wf in members:
+            for e in wf.errors:
+                jobs[e.code] += e.count
+                bad_jobs += e.count if e.site_bad else 0
+        total = sum(jobs.values()) or 1
+        summary.append({
+            "cluster": int(cluster),
+            "workflows": len(members),
+            "top_codes": [
+                {"code": code, "share": round(n / total, 3), "meaning": EXIT_CODES.get(code, "")}
+                for code, n in jobs.most_common(top_codes)
+            ],
+            "bad_site_share": round(bad_jobs / total, 3),
+            "actions": dict(Counter(wf.action or "unknown" for wf in members).most_common()),
+        })
+    return sorted(summary, key=lambda row: -row["workflows"])
+
+
+def format_summary(summary: list[dict[str, Any]]) -> str:
+    lines = [f"{'cluster':>7} {'workflows':>9} {'bad sites':>9}  top exit codes (share of failed jobs)  actions"]
+    for row in summary:
+        codes = ", ".join(f"{c['code']} ({c['share']:.0%})" for c in row["top_codes"])
+        actions = " ".join(f"{a}:{n}" for a, n in row["actions"].items())
+        lines.append(f"{row['cluster']:>7} {row['workflows']:>9} {row['bad_site_share']:>9.0%}  {codes:<38} {actions}")
+    return "\n".join(lines)
+
+
+def cluster_workflows(cfg: DictConfig) -> dict[str, Any]:
+    """Cluster the workflows of cfg.input and write the results into cfg.out."""
+    workflows = load_workflows(cfg.input)
+    if len(workflows) < 3:
+        raise ConfigError(f"input: {cfg.input} has {len(workflows)} workflows; clustering needs at least 3")
+    matrix = WorkflowMatrix(**cfg.matrix).fit(workflows)
+    features = matrix.transform(workflows)
+    result = kmeans(features, cfg.k, cfg.k_min, cfg.k_max, cfg.seed)
+    summary = summarize(workflows, result.labels, cfg.top_codes)
+    out = Path(cfg.out)
+    with atomic_write(out / "assignments.csv") as handle:
+        handle.write("workflow,cluster,action\n")
+        handle.writelines(f"{wf.name},{c},{wf.action or ''}\n" for wf, c in zip(workflows, result.labels))
+    report = {"k": result.k, "silhouette": result.silhouette, "silhouette_by_k": result.scores,
+              "n_workflows": len(workflows), "n_features": features.shape[1], "clusters": summary}
+    write_json(out / "clusters.json", report)
+    with atomic_write(out / "config.yaml") as handle:
+        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    print(f"k-means on {len(workflows)} workflows x {features.shape[1]} features: k={result.k}, "
+          f"silhouette={result.silhouette:.3f}\n{format_summary(summary)}\nwritten to {out}/")
+    return report
+
+
+@hydra_app("cluster_workflows")
+def main(cfg: DictConfig) -> None:
+    cluster_workflows(cfg)

@@ -1,0 +1,103 @@
+"""`cmsdl train`: build data, model and trainer from the config, fit, test, and write the run's artefacts.
+
+Run directory: config.yaml (resolved), .hydra/ (as composed), checkpoints/{epoch_NNN,last}.ckpt,
+csv/metrics.csv, metrics.json. The same command with resume=true continues from checkpoints/last.ckpt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+
+from cmsdl.callbacks import RunContext
+from cmsdl.config import hydra_app, instantiate_group, instantiate_logged, to_plain
+from cmsdl.io import atomic_write, write_json
+from cmsdl.models.classifier import output_size
+from cmsdl.runs import LAST_CKPT, checkpoint_to_resume
+
+log = logging.getLogger(__name__)
+
+
+def complete_model_config(cfg: DictConfig, datamodule: Any) -> None:
+    """Fill in what only the data knows: network input size, number of outputs, class names."""
+    binary_head = cfg.model.get("binary_head", True)
+    with open_dict(cfg):
+        cfg.model.class_names = datamodule.class_names
+        for key, value in datamodule.net_inputs().items():
+            cfg.model.net[key] = value
+        cfg.model.net.out_features = output_size(datamodule.class_names, binary_head)
+
+
+@rank_zero_only
+def save_config(cfg: DictConfig, output_dir: Path) -> None:
+    with atomic_write(output_dir / "config.yaml") as handle:
+        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items()) if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def previous_metrics(output_dir: Path) -> dict[str, float]:
+    """Metrics of an earlier attempt of this run, kept when a resumed run has nothing left to train."""
+    try:
+        return json.loads((output_dir / "metrics.json").read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
+    """Datamodule, model and trainer of a run, as the config describes them (also used by benchmarks)."""
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate_logged(cfg.data, "data")
+    datamodule.setup("fit")
+    complete_model_config(cfg, datamodule)
+    model = instantiate_logged(cfg.model, "model")
+    log.info("network:\n%s", model.net)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    callbacks.append(RunContext(to_plain(cfg), datamodule.preprocessing()))
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer = instantiate_logged(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (and test) the configured model; returns the summary written to metrics.json."""
+    output_dir = Path(cfg.paths.output_dir)
+    resume_from = checkpoint_to_resume(cfg.resume, output_dir)
+    datamodule, model, trainer = build(cfg)
+    save_config(cfg, output_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
+    metrics = previous_metrics(output_dir) | scalar_metrics(trainer.callback_metrics)
+    best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+    if cfg.get("test") and not trainer.interrupted:
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+    last = output_dir / LAST_CKPT
+    summary = {
+        "run_dir": str(output_dir),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "best_checkpoint": best or None,
+        "last_checkpoint": str(last) if last.is_file() else None,
+        "metrics": metrics,
+    }
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", summary)
+        log.info("metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return summary
+
+
+@hydra_app("train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the monitored metric so that sweepers can optimise it."""
+    summary = train(cfg)
+    monitor = cfg.get("optimized_metric")
+    return summary["metrics"].get(monitor) if monitor else None

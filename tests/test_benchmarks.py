@@ -1,0 +1,20 @@
+"""Benchmark scripts keep running (tiny sizes); their figures go to docs/benchmarks.md, never into asserts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_train_overhead_benchmark_compares_both_loops(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train_overhead.py"), "--workflows", "400",
+                           "--epochs", "1", "--json", str(out), "callbacks.progress_bar.refresh_rate=0"],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "ratio cmsdl/raw samples/s" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert figures["raw_samples_per_s"] > 0 and figures["cmsdl_samples_per_s"] > 0

@@ -1,0 +1,72 @@
+"""Every config composes, and its data, model and trainer build: a renamed key breaks a test, not a run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cmsdl.config import compose_run_config, config_dir
+from cmsdl.train import complete_model_config
+
+CONFIGS = Path(config_dir())
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONFIGS / "trainer").glob("*.yaml"))
+TOOLS = ["eval", "simulate_workflows", "cluster_workflows"]
+
+
+@pytest.fixture
+def composer(tmp_path: Path) -> Iterator:
+    """compose(config, overrides) as `cmsdl` would, writing under tmp_path; Hydra's state cleared afterwards."""
+
+    def _compose(name: str, overrides: list[str]) -> DictConfig:
+        extra = [f"paths.log_dir={tmp_path / 'logs'}"] if name in ("train", "eval") else []
+        return compose_run_config(name, [*overrides, *extra], output_dir=tmp_path / "run")
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def test_configs_ship_with_the_package() -> None:
+    assert (CONFIGS / "train.yaml").is_file() and "workflow_actions" in EXPERIMENTS
+    assert {"cpu", "gpu", "ddp"} <= set(TRAINERS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_builds_data_model_and_trainer(composer, experiment: str, workflows_file: Path) -> None:
+    cfg = composer("train", [f"experiment={experiment}", "trainer=cpu", f"data.source.path={workflows_file}"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    complete_model_config(cfg, datamodule)
+    model = instantiate(cfg.model)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert model(batch[0]).shape[0] == len(batch[1])
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    for name, entry in cfg.callbacks.items():
+        instantiate(entry)
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_every_trainer_composes(composer, trainer: str) -> None:
+    cfg = composer("train", [f"trainer={trainer}"])
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    assert cfg.trainer.accelerator == {"cpu": "cpu", "gpu": "gpu", "ddp": "gpu"}.get(trainer, "auto")
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_configs_compose(composer, tool: str) -> None:
+    overrides = ["ckpt=x.ckpt"] if tool == "eval" else []
+    assert composer(tool, overrides)
+
+
+def test_workflow_actions_is_the_seed_network(composer, workflows_file: Path) -> None:
+    cfg = composer("train", ["experiment=workflow_actions", f"data.source.path={workflows_file}"])
+    assert list(cfg.model.net.hidden) == [75] * 5
+    assert cfg.model.net.dropout == 0.002 and cfg.model.net.activation == "relu"
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
+    assert list(cfg.data.source.classes) == ["acdc", "clone"] and cfg.model.binary_head

@@ -1,0 +1,42 @@
+"""Run directories: resume=true finds the earlier run of the same command; explicit checkpoints are checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from cmsdl.errors import ConfigError
+from cmsdl.runs import LAST_CKPT, checkpoint_to_resume, find_resumable_run
+
+
+def make_run(task_dir: Path, name: str, overrides: list[str], checkpoint: bool = True) -> Path:
+    run_dir = task_dir / "runs" / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    if checkpoint:
+        (run_dir / LAST_CKPT).parent.mkdir()
+        (run_dir / LAST_CKPT).write_bytes(b"x")
+    return run_dir
+
+
+def test_newest_run_with_the_same_overrides_and_a_checkpoint_is_found(tmp_path: Path) -> None:
+    make_run(tmp_path, "2026-01-01_10-00-00", ["experiment=workflow_actions"])
+    make_run(tmp_path, "2026-01-02_10-00-00", ["experiment=workflow_actions", "resume=true"])
+    make_run(tmp_path, "2026-01-03_10-00-00", ["experiment=workflow_actions", "model.optimizer.lr=0.1"])
+    make_run(tmp_path, "2026-01-04_10-00-00", ["experiment=workflow_actions"], checkpoint=False)
+    assert find_resumable_run(tmp_path, "RUN", ["experiment=workflow_actions"]) == "2026-01-02_10-00-00"
+    assert find_resumable_run(tmp_path, "RUN", ["experiment=other"]) is None
+
+
+def test_checkpoint_to_resume(tmp_path: Path) -> None:
+    assert checkpoint_to_resume(False, tmp_path) is None
+    assert checkpoint_to_resume(True, tmp_path) is None, "nothing to resume yet: start fresh"
+    (tmp_path / LAST_CKPT).parent.mkdir()
+    (tmp_path / LAST_CKPT).write_bytes(b"x")
+    assert checkpoint_to_resume("true", tmp_path) == str(tmp_path / LAST_CKPT)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        checkpoint_to_resume(False, tmp_path)
+    with pytest.raises(ConfigError, match="missing.ckpt does not exist"):
+        checkpoint_to_resume(str(tmp_path / "missing.ckpt"), tmp_path)
