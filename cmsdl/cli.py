@@ -15,7 +15,24 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate-workflows": ("cmsdl.data.workflow_sim", "main",
                            "write synthetic CMS workflows with errors and actions (JSON)"),
     "cluster-workflows": ("cmsdl.tools.cluster", "main", "k-means clusters of workflows with similar errors"),
+    "export": ("cmsdl.export.exporter", "main", "checkpoint -> ONNX with embedded contract, after a parity check"),
+    "predict": ("cmsdl.predict", "main", "batch prediction with an exported model: files -> CSV/JSON"),
+    "serve": ("cmsdl.serve.app", "main", "REST service for a directory of ONNX models (TFaaS successor)"),
 }
+
+
+# Keys that would clash with a config group of the same name (e.g. `model`), renamed before Hydra sees them.
+KEY_ALIASES: dict[str, dict[str, str]] = {"predict": {"model": "onnx"}}
+
+
+def apply_aliases(command: str, args: list[str]) -> list[str]:
+    """`cmsdl predict model=x.onnx` → `onnx=x.onnx`: `model` is a config group, so Hydra would read a group choice."""
+    aliases = KEY_ALIASES.get(command, {})
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        out.append(f"{aliases[key]}={value}" if sep and key in aliases else arg)
+    return out
 
 
 def usage() -> str:
@@ -55,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, function, _ = COMMANDS[name]
     app = getattr(importlib.import_module(module), function)
-    sys.argv = [f"cmsdl-{name}", *hoist_multirun_flag(rest)]
+    sys.argv = [f"cmsdl-{name}", *hoist_multirun_flag(apply_aliases(name, rest))]
     app()
     return 0
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+@contextmanager
+def working_directory(path: str | None) -> Iterator[None]:
+    """Run a block in `path` (if it exists): relative data paths of a run are relative to where it ran."""
+    previous = os.getcwd()
+    if path and Path(path).is_dir():
+        os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def restore(checkpoint: dict[str, Any], data_overrides: DictConfig | None = None) -> tuple[Any, pl.LightningModule]:
     """The datamodule (with its fitted preprocessing) and the trained model stored in a checkpoint."""
     context = checkpoint[CHECKPOINT_KEY]
@@ -40,6 +55,8 @@ def restore(checkpoint: dict[str, Any], data_overrides: DictConfig | None = None
     data_cfg = OmegaConf.merge(run_cfg.data, data_overrides or {})
     datamodule = instantiate_logged(data_cfg, "data")
     datamodule.load_state_dict(context["preprocessing"])
+    with working_directory(run_cfg.get("paths", {}).get("root_dir")):
+        datamodule.setup()
     model = instantiate_logged(run_cfg.model, "model")
     model.load_state_dict(checkpoint["state_dict"])
     return datamodule, model.eval()

@@ -37,3 +37,20 @@ def train_args(data_file: Path, log_dir: Path, *extra: str) -> list[str]:
     """`cmsdl train` arguments for a quick CPU run of the seed experiment on `data_file`."""
     return ["train", "experiment=workflow_actions", f"data.source.path={data_file}", f"paths.log_dir={log_dir}",
             "trainer=cpu", "callbacks.progress_bar.refresh_rate=0", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, workflows_file: Path) -> Path:
+    """The best checkpoint of a short `cmsdl train experiment=workflow_actions` run."""
+    work = tmp_path_factory.mktemp("trained")
+    run_cmsdl(*train_args(workflows_file, work / "logs", "trainer.max_epochs=3", "run_name=r"), cwd=work)
+    summary = json.loads((work / "logs" / "train" / "runs" / "r" / "metrics.json").read_text())
+    return Path(summary["best_checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path) -> Path:
+    """`cmsdl export` of the trained workflow-action model, with int8 and fp16 siblings."""
+    out = tmp_path_factory.mktemp("exported") / "workflow_actions.onnx"
+    run_cmsdl("export", f"ckpt={trained_checkpoint}", f"out={out}", "quantize=true", "fp16=true", cwd=out.parent)
+    return out

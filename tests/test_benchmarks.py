@@ -18,3 +18,19 @@ def test_train_overhead_benchmark_compares_both_loops(tmp_path: Path) -> None:
     assert "ratio cmsdl/raw samples/s" in proc.stdout
     figures = json.loads(out.read_text())
     assert figures["raw_samples_per_s"] > 0 and figures["cmsdl_samples_per_s"] > 0
+
+
+def test_inference_benchmark_runs_both_runtimes(tmp_path: Path) -> None:
+    out = tmp_path / "inference.json"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "bench_inference.py"), "--repeats", "3",
+                    "--resnet-repeats", "1", "--image-size", "32", "--json", str(out)], check=True,
+                   capture_output=True)
+    rows = json.loads(out.read_text())
+    assert {(r["model"], r["batch"]) for r in rows} == {("mlp", 1), ("mlp", 64), ("resnet50", 1), ("resnet50", 64)}
+
+
+def test_serve_benchmark_compares_json_and_npy(exported_model: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_serve.py"), "--model", str(exported_model),
+                           "--clients", "2", "--requests", "20", "--batch", "4"], check=True, capture_output=True,
+                          text=True)
+    assert "ratio npy/json requests/s" in proc.stdout

@@ -175,6 +175,7 @@ class TabularDataModule(pl.LightningDataModule):
         """Everything needed to turn raw records into model input: the fitted source and the scaling."""
         self.setup()
         return {
+            "kind": "tabular",
             "feature_names": self.feature_names,
             "class_names": self.class_names,
             "mean": self.mean.tolist(),

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cmsdl.data.workflows import ACTIONS, Workflow, load_workflows
+from cmsdl.data.workflows import ACTIONS, Workflow, load_workflows, parse_workflows
 from cmsdl.errors import ConfigError, InputFormatError
 
 log = logging.getLogger(__name__)
@@ -154,3 +154,10 @@ class WorkflowActionSource:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.class_names = list(state["classes"])
         self.matrix.load_state_dict(state["matrix"])
+
+
+def features_from_records(state: dict[str, Any], records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Raw (unscaled) feature rows for workflow JSON records, with a fitted WorkflowActionSource state."""
+    matrix = WorkflowMatrix()
+    matrix.load_state_dict(state["matrix"])
+    return matrix.transform(parse_workflows(list(records), source="records"))

@@ -1,0 +1,257 @@
+"""`cmsdl export ckpt=... out=model.onnx`: a trained checkpoint → an ONNX model that carries its own contract.
+
+The exported graph is the network plus its output activation (class probabilities, or the regression
+prediction), with a dynamic batch axis. The checkpoint's preprocessing goes into the ONNX metadata
+(see cmsdl.inference.metadata). Before the file appears, onnx.checker runs and onnxruntime's outputs are
+compared with PyTorch's on real samples of the test split at several batch sizes; past the tolerance the
+export fails and writes nothing. Optional siblings: graph-optimised, fp16 and dynamic-int8 models.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import cmsdl
+from cmsdl.callbacks import CHECKPOINT_KEY
+from cmsdl.config import hydra_app
+from cmsdl.errors import CmsdlError, ConfigError
+from cmsdl.evaluate import load_checkpoint, restore
+from cmsdl.inference.metadata import ModelContract, TensorSpec
+from cmsdl.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+INPUT_NAMES = {"tabular": "features", "image": "images"}
+OPTIMIZATION_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ParityError(CmsdlError):
+    """onnxruntime and PyTorch disagree past the tolerance."""
+
+
+class InferenceGraph(nn.Module):
+    """The network with its output activation: what production code runs."""
+
+    def __init__(self, model: nn.Module, half: bool = False) -> None:
+        super().__init__()
+        self.model = model.half() if half else model
+        self.half = half
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.half() if self.half else x)
+        probabilities = getattr(self.model, "probabilities", None)
+        out = probabilities(out) if callable(probabilities) else out
+        return out.float()
+
+
+@dataclass
+class Parity:
+    """Largest absolute difference between onnxruntime and PyTorch outputs, per batch size."""
+
+    max_abs_diff: dict[int, float]
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values())
+
+
+def task_of(model: nn.Module) -> str:
+    return "classification" if hasattr(model, "probabilities") else "regression"
+
+
+def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
+    """Up to n real model inputs from the test split (the val split if test is empty)."""
+    rows = []
+    for split in ("test", "val"):
+        for x, _ in datamodule.split_loader(split):
+            rows.append(x)
+            if sum(len(r) for r in rows) >= n:
+                break
+        if rows:
+            break
+    if not rows:
+        raise CmsdlError("export: the checkpoint's data has no test or validation samples for the parity check")
+    return torch.cat(rows)[:n].float()
+
+
+def build_contract(checkpoint: dict[str, Any], model: nn.Module, samples: torch.Tensor, ckpt_path: str) -> ModelContract:
+    """The metadata of the exported model: task, classes, tensors, preprocessing, provenance."""
+    context = checkpoint[CHECKPOINT_KEY]
+    preprocessing = context["preprocessing"]
+    kind = preprocessing.get("kind", "tabular")
+    with torch.no_grad():
+        n_out = InferenceGraph(model).eval()(samples[:2]).shape[1]
+    config = context.get("config", {})
+    return ModelContract(
+        version=cmsdl.__version__,
+        task=task_of(model),
+        class_names=list(getattr(model, "class_names", [])) or list(preprocessing.get("class_names", [])),
+        inputs=[TensorSpec(INPUT_NAMES.get(kind, "input"), ["batch", *samples.shape[1:]], "float32")],
+        outputs=[TensorSpec("probabilities" if task_of(model) == "classification" else "prediction",
+                            ["batch", int(n_out)], "float32")],
+        preprocessing=preprocessing,
+        source={
+            "checkpoint": str(ckpt_path),
+            "run_dir": config.get("paths", {}).get("output_dir"),
+            "experiment": config.get("tags"),
+            "trained_with": context.get("version"),
+            "precision": "float32",
+        },
+    )
+
+
+def to_onnx(graph: nn.Module, example: torch.Tensor, contract: ModelContract, opset: int) -> onnx.ModelProto:
+    """Trace the graph with a batch of at least 2 (so no batch size is frozen in) and attach the metadata."""
+    buffer = io.BytesIO()
+    input_name, output_name = contract.input.name, contract.outputs[0].name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: no extra dependency, and stable for MLPs and ResNets.
+        torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=[input_name],
+                          output_names=[output_name], opset_version=opset,
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    attach_metadata(model, contract)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def attach_metadata(model: onnx.ModelProto, contract: ModelContract) -> None:
+    del model.metadata_props[:]
+    for key, value in contract.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "cmsdl", cmsdl.__version__
+    model.doc_string = f"cmsdl {contract.task} model; classes: {', '.join(contract.class_names)}"
+
+
+def onnx_outputs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def check_parity(model_bytes: bytes, graph: nn.Module, samples: torch.Tensor,
+                 batch_sizes: tuple[int, ...] = (1, 7, 64)) -> Parity:
+    """Max |onnxruntime - torch| over real samples, at each batch size (1, a prime, a large one)."""
+    diffs = {}
+    for size in batch_sizes:
+        batch = samples[: min(size, len(samples))]
+        with torch.no_grad():
+            expected = graph(batch).numpy()
+        got = onnx_outputs(model_bytes, batch.numpy())
+        if not np.isfinite(got).all():
+            raise ParityError(f"export: onnxruntime output has NaN or inf at batch size {len(batch)}")
+        diffs[len(batch)] = float(np.abs(got - expected).max())
+    return Parity(diffs)
+
+
+def optimize(model_bytes: bytes, level: str, contract: ModelContract) -> onnx.ModelProto:
+    """onnxruntime's offline graph optimisation; the metadata is carried over."""
+    if level not in OPTIMIZATION_LEVELS:
+        raise ConfigError(f"optimize: got {level!r}, expected one of {', '.join(OPTIMIZATION_LEVELS)} or null")
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath)
+    attach_metadata(model, contract)
+    return model
+
+
+def quantize_int8(model_bytes: bytes, contract: ModelContract) -> onnx.ModelProto:
+    """Dynamic int8 quantisation of weights (CPU inference); metadata carried over."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(model_bytes)
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        model = onnx.load(str(target))
+    attach_metadata(model, contract)
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> Path:
+    with atomic_write(path, "wb") as handle:
+        handle.write(model.SerializeToString())
+    return path
+
+
+def sibling(out: Path, tag: str) -> Path:
+    return out.with_name(f"{out.stem}.{tag}{out.suffix}")
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export cfg.ckpt to cfg.out after the parity check; returns the export report (also written as JSON)."""
+    out = Path(cfg.out)
+    checkpoint = load_checkpoint(cfg.ckpt)
+    datamodule, model = restore(checkpoint, cfg.get("data"))
+    samples = sample_inputs(datamodule, cfg.parity.samples)
+    graph = InferenceGraph(model).eval()
+    contract = build_contract(checkpoint, model, samples, cfg.ckpt)
+    onnx_model = to_onnx(graph, samples[:2], contract, cfg.opset)
+    if cfg.optimize:
+        onnx_model = optimize(onnx_model.SerializeToString(), cfg.optimize, contract)
+    model_bytes = onnx_model.SerializeToString()
+    parity = check_parity(model_bytes, graph, samples)
+    if parity.worst > cfg.parity.atol:
+        raise ParityError(f"export: onnxruntime differs from PyTorch by {parity.worst:.3g} (max abs, per batch size "
+                          f"{parity.max_abs_diff}), above parity.atol={cfg.parity.atol}; {out} not written")
+    save_model(onnx_model, out)
+    report = {"model": str(out), "opset": cfg.opset, "optimize": cfg.optimize, "contract": contract.to_dict(),
+              "parity": {"atol": cfg.parity.atol, "samples": len(samples), "max_abs_diff": parity.max_abs_diff}}
+    log.info("exported %s: parity max abs diff %.2e over %d samples", out, parity.worst, len(samples))
+    if cfg.quantize:
+        report["int8"] = export_int8(model_bytes, graph, samples, contract, sibling(out, "int8"))
+    if cfg.fp16:
+        report["fp16"] = export_fp16(model, samples, contract, cfg.opset, sibling(out, "fp16"))
+    write_json(sibling(out, "export").with_suffix(".json"), report | {"config": OmegaConf.to_container(cfg)})
+    return report
+
+
+def export_int8(model_bytes: bytes, graph: nn.Module, samples: torch.Tensor, contract: ModelContract,
+                path: Path) -> dict[str, Any]:
+    """Dynamic int8 sibling; its parity is reported, not enforced (quantisation changes outputs by design)."""
+    quantized = quantize_int8(model_bytes, contract)
+    parity = check_parity(quantized.SerializeToString(), graph, samples)
+    save_model(quantized, path)
+    log.info("int8 model %s: max abs diff to PyTorch fp32 %.3g", path, parity.worst)
+    return {"model": str(path), "max_abs_diff": parity.max_abs_diff}
+
+
+def export_fp16(model: nn.Module, samples: torch.Tensor, contract: ModelContract, opset: int,
+                path: Path) -> dict[str, Any]:
+    """Half-precision weights and arithmetic (fp32 input and output) for GPUs; parity checked where it runs."""
+    fp16_contract = replace(contract, source={**contract.source, "precision": "float16"})
+    half_graph = InferenceGraph(copy.deepcopy(model), half=True).eval()
+    fp16 = to_onnx(half_graph, samples[:2], fp16_contract, opset)
+    save_model(fp16, path)
+    try:
+        parity = check_parity(fp16.SerializeToString(), InferenceGraph(model).eval(), samples)
+        result = {"model": str(path), "max_abs_diff": parity.max_abs_diff}
+    except Exception as err:  # onnxruntime's CPU provider lacks some fp16 kernels
+        result = {"model": str(path), "max_abs_diff": None, "note": f"not checked on CPU: {err}".splitlines()[0]}
+    log.info("fp16 model %s: %s", path, result)
+    return result
+
+
+@hydra_app("export")
+def main(cfg: DictConfig) -> None:
+    export(cfg)

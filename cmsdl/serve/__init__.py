@@ -1,0 +1,1 @@
+"""The REST model service (`cmsdl serve`), built on cmsdl.inference; no torch."""

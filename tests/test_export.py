@@ -1,0 +1,96 @@
+"""`cmsdl export`: ONNX file with embedded contract, parity with PyTorch, runnable without cmsdl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from cmsdl.config import compose_run_config
+from cmsdl.evaluate import load_checkpoint, restore
+from cmsdl.export.exporter import InferenceGraph, ParityError, export
+from cmsdl.inference import Predictor
+
+
+def test_export_embeds_the_contract_and_passes_the_checker(exported_model: Path) -> None:
+    model = onnx.load(str(exported_model))
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["cmsdl.task"] == "classification"
+    assert json.loads(meta["cmsdl.class_names"]) == ["acdc", "clone"]
+    [spec] = json.loads(meta["cmsdl.inputs"])
+    assert spec["name"] == "features" and spec["shape"][0] == "batch" and spec["dtype"] == "float32"
+    pre = json.loads(meta["cmsdl.preprocessing"])
+    assert pre["kind"] == "tabular" and len(pre["feature_names"]) == spec["shape"][1] == len(pre["mean"])
+    assert pre["source"]["kind"] == "workflow_actions" and pre["source"]["matrix"]["codes"]
+    report = json.loads(exported_model.with_name("workflow_actions.export.json").read_text())
+    assert max(report["parity"]["max_abs_diff"].values()) <= 1e-4
+
+
+def test_onnxruntime_matches_pytorch_on_real_samples_at_several_batch_sizes(exported_model: Path,
+                                                                            trained_checkpoint: Path) -> None:
+    datamodule, model = restore(load_checkpoint(trained_checkpoint))
+    x = torch.cat([b[0] for b in datamodule.split_loader("test")])
+    session = ort.InferenceSession(str(exported_model), providers=["CPUExecutionProvider"])
+    graph = InferenceGraph(model).eval()
+    for size in (1, 7, 64, len(x)):
+        with torch.no_grad():
+            expected = graph(x[:size]).numpy()
+        got = session.run(["probabilities"], {"features": x[:size].numpy()})[0]
+        assert got.shape == (size, 2)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_a_client_without_cmsdl_reproduces_the_predictor(exported_model: Path) -> None:
+    """Only the .onnx file: metadata gives feature order and scaling; outputs equal cmsdl's Predictor."""
+    rows = [{"50660|good": 12.0, "84|bad": 3.0}, {"50664|good": 40.0, "71304|good": 7.0, "-1|good": 1.0}]
+    client = r'''
+import json, sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+pre = json.loads(meta["cmsdl.preprocessing"])
+names, rows = pre["feature_names"], json.loads(sys.argv[2])
+raw = np.array([[row.get(n, 0.0) for n in names] for row in rows], dtype=np.float32)
+x = ((raw - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)).astype(np.float32)
+name = json.loads(meta["cmsdl.inputs"])[0]["name"]
+print(json.dumps({"p": session.run(None, {name: x})[0].tolist(), "cmsdl": [m for m in sys.modules if m.startswith("cmsdl")]}))
+'''
+    proc = subprocess.run([sys.executable, "-c", client, str(exported_model), json.dumps(rows)],
+                          capture_output=True, text=True, check=True, cwd="/")
+    result = json.loads(proc.stdout)
+    assert result["cmsdl"] == []
+    expected = Predictor(exported_model).predict_rows(rows).probabilities
+    np.testing.assert_allclose(np.array(result["p"]), expected, atol=1e-6)
+
+
+def test_int8_and_fp16_siblings_are_written_with_their_parity(exported_model: Path) -> None:
+    report = json.loads(exported_model.with_name("workflow_actions.export.json").read_text())
+    for tag in ("int8", "fp16"):
+        sibling = exported_model.with_name(f"workflow_actions.{tag}.onnx")
+        assert sibling.is_file() and report[tag]["model"] == str(sibling)
+        assert Predictor(sibling).contract.class_names == ["acdc", "clone"]
+    assert max(report["int8"]["max_abs_diff"].values()) < 0.1
+
+
+def test_parity_failure_names_the_difference_and_writes_nothing(tmp_path: Path, trained_checkpoint: Path) -> None:
+    out = tmp_path / "m.onnx"
+    cfg = compose_run_config("export", [f"ckpt={trained_checkpoint}", f"out={out}", "parity.atol=-1"])
+    with pytest.raises(ParityError, match=r"differs from PyTorch by .* \(max abs.*m.onnx not written"):
+        export(cfg)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_foreign_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, fake)
+    from conftest import run_cmsdl
+
+    proc = run_cmsdl("export", f"ckpt={fake}", f"out={tmp_path / 'x.onnx'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "was not written by `cmsdl train`" in proc.stderr
