@@ -15,14 +15,17 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from cmsdl.callbacks import RunContext
+import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401  registers hydra/launcher=k8s (also under editable installs)
+from cmsdl.callbacks import CheckpointOnSigterm, RunContext
 from cmsdl.config import hydra_app, instantiate_group, instantiate_logged, to_plain
 from cmsdl.io import atomic_write, write_json
 from cmsdl.models.classifier import output_size
 from cmsdl.runs import LAST_CKPT, checkpoint_to_resume
 
 log = logging.getLogger(__name__)
+SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
 
 
 def complete_model_config(cfg: DictConfig, datamodule: Any) -> None:
@@ -63,6 +66,7 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     log.info("network:\n%s", model.net)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     callbacks.append(RunContext(to_plain(cfg), datamodule.preprocessing()))
+    callbacks.append(CheckpointOnSigterm(Path(cfg.paths.output_dir) / LAST_CKPT))
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer = instantiate_logged(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -74,7 +78,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_from = checkpoint_to_resume(cfg.resume, output_dir)
     datamodule, model, trainer = build(cfg)
     save_config(cfg, output_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
+    except SIGTERMException:
+        raise SystemExit(SIGTERM_EXIT) from None  # non-zero: a preempted pod is retried, not counted as done
     metrics = previous_metrics(output_dir) | scalar_metrics(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
     if cfg.get("test") and not trainer.interrupted:

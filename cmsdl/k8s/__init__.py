@@ -1,0 +1,1 @@
+"""Running `cmsdl train` on Kubernetes: manifests, submission, status and logs, and a Hydra sweep launcher."""

@@ -1,0 +1,285 @@
+"""Kubernetes manifests for `cmsdl train`: an Indexed Job + headless Service, or a Kubeflow PyTorchJob.
+
+Objects are built bottom-up from the client's typed models (V1Container → V1PodSpec → V1JobSpec → V1Job)
+and serialised with the client's own serialiser; the PyTorchJob (a custom resource) is a plain dict.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client
+from omegaconf import DictConfig, OmegaConf
+
+from cmsdl.errors import ConfigError
+
+JOB_API_VERSION = "batch/v1"
+JOB_KIND = "Job"
+SERVICE_API_VERSION = "v1"
+SERVICE_KIND = "Service"
+PYTORCHJOB_GROUP = "kubeflow.org"
+PYTORCHJOB_VERSION = "v1"
+PYTORCHJOB_API_VERSION = f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}"
+PYTORCHJOB_KIND = "PyTorchJob"
+PYTORCHJOB_PLURAL = "pytorchjobs"
+FLAVOURS = ("indexed", "pytorchjob")
+
+CONTAINER = "pytorch"  # the training operator requires this container name; the Indexed Job uses it too
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+LABEL_PREFIX = "cmsdl.io"
+LABEL_JOB = f"{LABEL_PREFIX}/job"
+LABEL_EXPERIMENT = f"{LABEL_PREFIX}/experiment"
+LABEL_SWEEP = f"{LABEL_PREFIX}/sweep"
+MAX_NAME = 52  # Indexed Job pods are named <job>-<index>-<5 random chars> and must stay a DNS label
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_SERIALIZER = client.ApiClient()
+
+
+def label_value(text: str) -> str:
+    """`text` as a valid label value: at most 63 characters of [A-Za-z0-9._-], alphanumeric at both ends."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text))[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def check_name(name: str) -> str:
+    """A job name usable for the Job, its Service and its pods' host names, else a ConfigError."""
+    if not _NAME.match(name) or len(name) > MAX_NAME:
+        raise ConfigError(f"k8s.name: {name!r} is not a valid job name (expected lowercase letters, digits and '-', "
+                          f"starting with a letter, at most {MAX_NAME} characters)")
+    return name
+
+
+def experiment_of(train_overrides: list[str]) -> str | None:
+    """The experiment chosen on the `cmsdl train` command line, if any."""
+    chosen = [o.split("=", 1)[1] for o in train_overrides if o.startswith(("experiment=", "+experiment="))]
+    return chosen[-1] if chosen else None
+
+
+def default_name(experiment: str | None, now: datetime | None = None) -> str:
+    """cmsdl-<experiment>-<YYYYmmdd-HHMMSS>, shortened to a valid job name."""
+    stem = re.sub(r"[^a-z0-9]+", "-", (experiment or "train").lower()).strip("-") or "train"
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"cmsdl-{stem[:MAX_NAME - 22].strip('-')}-{stamp}"
+
+
+def _plain(cfg: DictConfig | dict) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def labels(k8s: dict[str, Any], name: str, experiment: str | None, sweep: str | None) -> dict[str, str]:
+    """Labels on every object and pod: what made it, which job, experiment and sweep."""
+    out = {"app.kubernetes.io/name": "cmsdl", "app.kubernetes.io/component": "train", LABEL_JOB: name}
+    if experiment:
+        out[LABEL_EXPERIMENT] = label_value(experiment)
+    if sweep:
+        out[LABEL_SWEEP] = label_value(sweep)
+    return out | {str(k): label_value(v) for k, v in (k8s.get("labels") or {}).items()}
+
+
+def train_arguments(k8s: dict[str, Any], name: str, train_overrides: list[str]) -> list[str]:
+    """`cmsdl train` overrides run in the pods: the user's, plus trainer, paths, a fixed run_name and resume=true.
+
+    The fixed run_name and resume=true make a restarted pod (or a resubmitted job of the same name) continue
+    from <outputs>/train/runs/<name>/checkpoints/last.ckpt instead of starting over.
+    """
+    given = {o.split("=", 1)[0].lstrip("+~") for o in train_overrides}
+    extra = []
+    if "trainer" not in given and k8s.get("trainer"):
+        extra.append(f"trainer={k8s['trainer']}")
+    if int(k8s["gpus_per_node"]) == 0 and "trainer.accelerator" not in given:
+        extra.append("trainer.accelerator=cpu")  # CPU pods: DDP over gloo
+    if (k8s.get("data") or {}).get("claim") and "paths.data_dir" not in given:
+        extra.append(f"paths.data_dir={k8s['data']['mount_path']}")
+    if (k8s.get("outputs") or {}).get("claim") and "paths.log_dir" not in given:
+        extra.append(f"paths.log_dir={k8s['outputs']['mount_path']}")
+    kept = [o for o in train_overrides if o.split("=", 1)[0] not in ("run_name", "resume")]
+    return [*kept, *extra, f"run_name={name}", "resume=true"]
+
+
+def processes_per_pod(k8s: dict[str, Any]) -> int:
+    return max(int(k8s["gpus_per_node"]), 1)
+
+
+def torchrun_command(k8s: dict[str, Any], flavour: str) -> list[str]:
+    """torchrun with one node per pod; the Indexed Job gives the rendezvous, the training operator sets PET_*."""
+    if flavour == "pytorchjob":
+        return ["torchrun"]
+    return ["torchrun", f"--nnodes={k8s['nodes']}", f"--nproc-per-node={processes_per_pod(k8s)}",
+            "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"]
+
+
+def _resources(k8s: dict[str, Any]) -> client.V1ResourceRequirements:
+    res = k8s.get("resources") or {}
+    requests = {k: str(v) for k, v in (res.get("requests") or {}).items() if v is not None}
+    limits = {k: str(v) for k, v in (res.get("limits") or {}).items() if v is not None}
+    for key in ("cpu", "memory"):
+        if key not in limits:
+            raise ConfigError(f"k8s.resources.limits.{key}: must be set (every pod runs with resource limits)")
+    if int(k8s["gpus_per_node"]) > 0:
+        limits[k8s["gpu_resource"]] = str(k8s["gpus_per_node"])
+        requests[k8s["gpu_resource"]] = str(k8s["gpus_per_node"])
+    return client.V1ResourceRequirements(requests=requests or None, limits=limits)
+
+
+def _env(k8s: dict[str, Any], name: str, flavour: str) -> list[client.V1EnvVar]:
+    env = [client.V1EnvVar(name="HOME", value="/tmp"), client.V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
+    if flavour == "indexed":
+        index = client.V1ObjectFieldSelector(field_path=f"metadata.annotations['{COMPLETION_INDEX}']")
+        env += [
+            client.V1EnvVar(name="NODE_RANK", value_from=client.V1EnvVarSource(field_ref=index)),
+            client.V1EnvVar(name="MASTER_ADDR", value=f"{name}-0.{name}"),
+            client.V1EnvVar(name="MASTER_PORT", value=str(k8s["master_port"])),
+        ]
+    env += [client.V1EnvVar(name=str(k), value=str(v)) for k, v in (k8s.get("env") or {}).items()]
+    for var, ref in (k8s.get("secret_env") or {}).items():
+        if not isinstance(ref, dict) or not ref.get("secret") or not ref.get("key"):
+            raise ConfigError(f"k8s.secret_env.{var}: expected {{secret: <secret name>, key: <key>}}, got {ref!r}")
+        selector = client.V1SecretKeySelector(name=ref["secret"], key=ref["key"])
+        env.append(client.V1EnvVar(name=str(var), value_from=client.V1EnvVarSource(secret_key_ref=selector)))
+    return env
+
+
+def _volumes(k8s: dict[str, Any]) -> tuple[list[client.V1Volume], list[client.V1VolumeMount]]:
+    """/dev/shm and /tmp as emptyDirs (the root file system is read-only), data and outputs claims."""
+    volumes = [
+        client.V1Volume(name="dshm", empty_dir=client.V1EmptyDirVolumeSource(medium="Memory",
+                                                                           size_limit=str(k8s["shm_size"]))),
+        client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource()),
+    ]
+    mounts = [client.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
+              client.V1VolumeMount(name="tmp", mount_path="/tmp")]
+    for key, read_only in (("data", True), ("outputs", False)):
+        spec = k8s.get(key) or {}
+        if spec.get("claim"):
+            claim = client.V1PersistentVolumeClaimVolumeSource(claim_name=spec["claim"], read_only=read_only)
+            volumes.append(client.V1Volume(name=key, persistent_volume_claim=claim))
+            mounts.append(client.V1VolumeMount(name=key, mount_path=spec["mount_path"], read_only=read_only))
+    return volumes, mounts
+
+
+def container(k8s: dict[str, Any], name: str, train_overrides: list[str], flavour: str) -> client.V1Container:
+    """The training container: torchrun → `cmsdl train`, non-root, no privilege escalation, limits set."""
+    _, mounts = _volumes(k8s)
+    security = client.V1SecurityContext(allow_privilege_escalation=False, read_only_root_filesystem=True,
+                                        run_as_non_root=True,
+                                        capabilities=client.V1Capabilities(drop=["ALL"]))
+    ports = [client.V1ContainerPort(name="rendezvous", container_port=int(k8s["master_port"]))]
+    return client.V1Container(
+        name=CONTAINER, image=k8s["image"], image_pull_policy=k8s["image_pull_policy"],
+        command=torchrun_command(k8s, flavour),
+        args=["-m", "cmsdl.cli", "train", *train_arguments(k8s, name, train_overrides)],
+        env=_env(k8s, name, flavour), resources=_resources(k8s), volume_mounts=mounts, ports=ports,
+        security_context=security,
+    )
+
+
+def pod_spec(k8s: dict[str, Any], name: str, train_overrides: list[str], flavour: str,
+             restart_policy: str) -> client.V1PodSpec:
+    volumes, _ = _volumes(k8s)
+    uid = int(k8s["run_as_user"])
+    if uid == 0:
+        raise ConfigError("k8s.run_as_user: 0 (root) is not allowed; pods run as a non-root user")
+    security = client.V1PodSecurityContext(run_as_non_root=True, run_as_user=uid, run_as_group=uid, fs_group=uid,
+                                           seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"))
+    tolerations = [client.V1Toleration(**_snake(t)) for t in (k8s.get("tolerations") or [])]
+    return client.V1PodSpec(
+        containers=[container(k8s, name, train_overrides, flavour)],
+        restart_policy=restart_policy, volumes=volumes, security_context=security,
+        node_selector={str(k): str(v) for k, v in (k8s.get("node_selector") or {}).items()} or None,
+        tolerations=tolerations or None, priority_class_name=k8s.get("priority_class"),
+        service_account_name=k8s.get("service_account"),
+        automount_service_account_token=bool(k8s.get("service_account")),
+        image_pull_secrets=[client.V1LocalObjectReference(name=s) for s in (k8s.get("image_pull_secrets") or [])] or None,
+        termination_grace_period_seconds=int(k8s["termination_grace_seconds"]),
+        subdomain=name if flavour == "indexed" else None,
+    )
+
+
+def _snake(mapping: dict[str, Any]) -> dict[str, Any]:
+    """camelCase keys (as in kubectl manifests) → the client's snake_case keyword arguments."""
+    return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): v for k, v in mapping.items()}
+
+
+def indexed_job(k8s: dict[str, Any], name: str, train_overrides: list[str], meta_labels: dict[str, str]) -> client.V1Job:
+    """One pod per node (parallelism = completions = nodes); pod index = node rank; preemption is not a failure."""
+    template = client.V1PodTemplateSpec(
+        metadata=client.V1ObjectMeta(labels=meta_labels),
+        spec=pod_spec(k8s, name, train_overrides, "indexed", restart_policy="Never"),
+    )
+    disrupted = client.V1PodFailurePolicyRule(
+        action="Ignore", on_pod_conditions=[client.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget",
+                                                                                            status="True")])
+    spec = client.V1JobSpec(
+        completion_mode="Indexed", completions=int(k8s["nodes"]), parallelism=int(k8s["nodes"]),
+        backoff_limit=int(k8s["backoff_limit"]), ttl_seconds_after_finished=k8s.get("ttl_seconds_after_finished"),
+        active_deadline_seconds=k8s.get("active_deadline_seconds"), template=template,
+        pod_failure_policy=client.V1PodFailurePolicy(rules=[disrupted]),
+    )
+    meta = client.V1ObjectMeta(name=name, namespace=k8s["namespace"], labels=meta_labels)
+    return client.V1Job(api_version=JOB_API_VERSION, kind=JOB_KIND, metadata=meta, spec=spec)
+
+
+def headless_service(k8s: dict[str, Any], name: str, meta_labels: dict[str, str]) -> client.V1Service:
+    """DNS names <job>-<index>.<job> for the pods, before they are ready (torchrun rendezvous at index 0)."""
+    spec = client.V1ServiceSpec(cluster_ip="None", selector={LABEL_JOB: name}, publish_not_ready_addresses=True,
+                                ports=[client.V1ServicePort(name="rendezvous", port=int(k8s["master_port"]),
+                                                            target_port=int(k8s["master_port"]))])
+    meta = client.V1ObjectMeta(name=name, namespace=k8s["namespace"], labels=meta_labels)
+    return client.V1Service(api_version=SERVICE_API_VERSION, kind=SERVICE_KIND, metadata=meta, spec=spec)
+
+
+def pytorch_job(k8s: dict[str, Any], name: str, train_overrides: list[str], meta_labels: dict[str, str]) -> dict:
+    """Kubeflow PyTorchJob: one Master and nodes-1 Workers; the operator sets PET_* for torchrun."""
+    def replica(count: int) -> dict[str, Any]:
+        template = client.V1PodTemplateSpec(
+            metadata=client.V1ObjectMeta(labels=meta_labels),
+            spec=pod_spec(k8s, name, train_overrides, "pytorchjob", restart_policy="OnFailure"),
+        )
+        return {"replicas": count, "restartPolicy": "OnFailure", "template": serialize(template)}
+
+    replicas = {"Master": replica(1)}
+    if int(k8s["nodes"]) > 1:
+        replicas["Worker"] = replica(int(k8s["nodes"]) - 1)
+    run_policy = {"cleanPodPolicy": "None", "backoffLimit": int(k8s["backoff_limit"]),
+                  "ttlSecondsAfterFinished": k8s.get("ttl_seconds_after_finished"),
+                  "activeDeadlineSeconds": k8s.get("active_deadline_seconds")}
+    return {
+        "apiVersion": PYTORCHJOB_API_VERSION, "kind": PYTORCHJOB_KIND,
+        "metadata": {"name": name, "namespace": k8s["namespace"], "labels": meta_labels},
+        "spec": {"nprocPerNode": str(processes_per_pod(k8s)), "pytorchReplicaSpecs": replicas,
+                 "runPolicy": {k: v for k, v in run_policy.items() if v is not None}},
+    }
+
+
+def serialize(obj: Any) -> Any:
+    """A typed client object as the JSON-ready dict the API server accepts (camelCase, no nulls)."""
+    return _SERIALIZER.sanitize_for_serialization(obj)
+
+
+def render(k8s_cfg: DictConfig | dict, train_overrides: list[str], name: str | None = None,
+           sweep: str | None = None) -> list[dict[str, Any]]:
+    """The manifests of one training job, in the order they are created."""
+    k8s = _plain(k8s_cfg)
+    if k8s.get("flavour") not in FLAVOURS:
+        raise ConfigError(f"k8s.flavour: {k8s.get('flavour')!r} is not one of {', '.join(FLAVOURS)}")
+    for key in ("nodes", "gpus_per_node"):
+        if not isinstance(k8s.get(key), int) or k8s[key] < (1 if key == "nodes" else 0):
+            raise ConfigError(f"k8s.{key}: expected a whole number >= {1 if key == 'nodes' else 0}, got {k8s.get(key)!r}")
+    experiment = experiment_of(train_overrides)
+    name = check_name(name or k8s.get("name") or default_name(experiment))
+    meta_labels = labels(k8s, name, experiment, sweep)
+    if k8s["flavour"] == "pytorchjob":
+        return [pytorch_job(k8s, name, train_overrides, meta_labels)]
+    job = indexed_job(k8s, name, train_overrides, meta_labels)
+    return [serialize(headless_service(k8s, name, meta_labels)), serialize(job)]
+
+
+def to_yaml(manifests: list[dict[str, Any]]) -> str:
+    """Manifests as one multi-document YAML stream, ready for `kubectl apply -f -`."""
+    import yaml
+
+    return "---\n".join(yaml.safe_dump(m, sort_keys=False) for m in manifests)
