@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cmsdl.callbacks import CHECKPOINT_KEY
 from cmsdl.config import hydra_app, instantiate_logged
 from cmsdl.errors import CmsdlError, ConfigError
-from cmsdl.report import write_report
+from cmsdl.report import seed_table_cells, write_regression_report, write_report
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -70,12 +70,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     batches = trainer.predict(model, dataloaders=datamodule.split_loader(cfg.split))
+    out_dir = Path(cfg.paths.output_dir)
+    ids = datamodule.split_ids(cfg.split)
+    if "predictions" in batches[0]:
+        predictions = torch.cat([b["predictions"] for b in batches]).float().numpy()
+        targets = torch.cat([b["targets"] for b in batches]).float().numpy()
+        metrics = write_regression_report(out_dir, predictions, targets, datamodule.class_names, ids)
+        log.info("%s split: n=%d MAE=%.4g RMSE=%.4g R2=%.4f; report in %s",
+                 cfg.split, metrics["n"], metrics["mae"], metrics["rmse"], metrics["r2"], out_dir)
+        return metrics
     probs = torch.cat([b["probs"] for b in batches]).float().numpy()
     labels = torch.cat([b["labels"] for b in batches]).numpy()
-    out_dir = Path(cfg.paths.output_dir)
-    metrics = write_report(out_dir, probs, labels, datamodule.class_names, datamodule.split_ids(cfg.split))
+    metrics = write_report(out_dir, probs, labels, datamodule.class_names, ids)
     log.info("%s split: n=%d accuracy=%.4f auroc=%.4f; report in %s",
              cfg.split, metrics["n"], metrics["accuracy"], metrics["auroc"], out_dir)
+    print(f"{cfg.split}: accuracy and confusion matrix (rows true, columns predicted: "
+          f"{', '.join(datamodule.class_names)}): {seed_table_cells(metrics)}")
     return metrics
 
 

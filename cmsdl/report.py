@@ -33,6 +33,12 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: S
     }
 
 
+def seed_table_cells(metrics: dict[str, Any]) -> str:
+    """Accuracy and confusion matrix as the seed's event-classification table prints them: 95% [[1815 72] [89 1700]]."""
+    rows = " ".join("[" + " ".join(str(v) for v in row) + "]" for row in metrics["confusion_matrix"])
+    return f"{100 * metrics['accuracy']:.0f}% [{rows}]"
+
+
 def _figure():
     import matplotlib
 
@@ -99,5 +105,44 @@ def write_report(out_dir: Path, probs: np.ndarray, labels: np.ndarray, class_nam
     plot_roc(probs, labels, class_names, out_dir / "roc.png")
     plot_confusion(metrics["confusion_matrix"], class_names, out_dir / "confusion.png")
     write_predictions(out_dir / "predictions.csv", probs, labels, class_names, ids)
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def regression_metrics(predictions: np.ndarray, targets: np.ndarray, target_names: Sequence[str]) -> dict[str, Any]:
+    """MAE, RMSE and R² per target (and their mean over targets)."""
+    p, t = predictions.reshape(len(predictions), -1), targets.reshape(len(targets), -1)
+    per_target = {}
+    for k, name in enumerate(target_names):
+        error = p[:, k] - t[:, k]
+        variance = float(((t[:, k] - t[:, k].mean()) ** 2).sum())
+        per_target[name] = {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error ** 2).mean())),
+                            "r2": 1 - float((error ** 2).sum()) / variance if variance > 0 else float("nan")}
+    means = {m: float(np.mean([v[m] for v in per_target.values()])) for m in ("mae", "rmse", "r2")}
+    return {"n": int(len(t)), **means, "targets": per_target}
+
+
+def plot_predicted_vs_true(predictions: np.ndarray, targets: np.ndarray, name: str, path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(targets, predictions, s=4, alpha=0.4)
+    lo, hi = float(min(targets.min(), predictions.min())), float(max(targets.max(), predictions.max()))
+    ax.plot([lo, hi], [lo, hi], ls="--", c="grey", lw=1)
+    ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}", title="predicted vs true")
+    return _save(fig, path)
+
+
+def write_regression_report(out_dir: Path, predictions: np.ndarray, targets: np.ndarray,
+                            target_names: Sequence[str], ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """metrics.json, predicted_vs_true.png and predictions.csv in `out_dir`; returns the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p, t = predictions.reshape(len(predictions), -1), targets.reshape(len(targets), -1)
+    metrics = regression_metrics(p, t, target_names)
+    plot_predicted_vs_true(p[:, 0], t[:, 0], target_names[0], out_dir / "predicted_vs_true.png")
+    with atomic_write(out_dir / "predictions.csv", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", *[f"true_{n}" for n in target_names], *[f"predicted_{n}" for n in target_names]])
+        for i in range(len(t)):
+            writer.writerow([ids[i] if ids else i, *[f"{v:.6g}" for v in t[i]], *[f"{v:.6g}" for v in p[i]]])
     write_json(out_dir / "metrics.json", metrics)
     return metrics

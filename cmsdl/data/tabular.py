@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from cmsdl.errors import ConfigError
 
 log = logging.getLogger(__name__)
+TASKS = ("classification", "regression")
 
 
 class TabularSource(Protocol):
@@ -51,14 +52,14 @@ class BatchTensors(Dataset):
 
 
 def stratified_split(
-    labels: np.ndarray, fractions: Sequence[float], seed: int
+    labels: np.ndarray, fractions: Sequence[float], seed: int, stratified: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices of train/val/test, each keeping the class mix of `labels`."""
+    """Row indices of train/val/test, each keeping the class mix of `labels` (plain random without `stratified`)."""
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"data.split: expected three positive fractions summing to 1, got {list(fractions)}")
     rows = np.arange(len(labels))
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 3 else None
+    counts = np.bincount(labels) if stratified else np.zeros(1, np.int64)
+    stratify = labels if stratified and counts[counts > 0].min() >= 3 else None
     try:
         train, rest = train_test_split(rows, train_size=fractions[0], stratify=stratify, random_state=seed)
         val_share = fractions[1] / (fractions[1] + fractions[2])
@@ -82,8 +83,12 @@ class TabularDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 12345,
+        task: str = "classification",
     ) -> None:
         super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"data.task: got {task!r}, expected one of {', '.join(TASKS)}")
+        self.task = task
         self.source = source
         self.split = tuple(split)
         self.batch_size = batch_size
@@ -117,14 +122,16 @@ class TabularDataModule(pl.LightningDataModule):
 
     def _build(self) -> None:
         records, labels = self.source.load()
-        train, val, test = stratified_split(labels, self.split, self.seed)
+        regression = self.task == "regression"
+        train, val, test = stratified_split(labels, self.split, self.seed, stratified=not regression)
         if not self.source.fitted:
             self.source.fit([records[i] for i in train])
         features = self.source.transform(records)
         if self.mean is None:
             self._fit_scaling(features[train])
         features = (features - self.mean) / self.std
-        x, y = torch.from_numpy(features.astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
+        x = torch.from_numpy(features.astype(np.float32))
+        y = torch.from_numpy(labels.astype(np.float32 if regression else np.int64))
         self.records = records
         self.split_rows = {"train": train, "val": val, "test": test}
         self.splits = {name: BatchTensors(x[rows], y[rows]) for name, rows in self.split_rows.items()}
@@ -176,6 +183,7 @@ class TabularDataModule(pl.LightningDataModule):
         self.setup()
         return {
             "kind": "tabular",
+            "task": self.task,
             "feature_names": self.feature_names,
             "class_names": self.class_names,
             "mean": self.mean.tolist(),

@@ -85,6 +85,9 @@ class Classifier(pl.LightningModule):
         self._train_count += len(y)
         return loss
 
+    def on_train_start(self) -> None:
+        self.on_train_epoch_start()  # a fit resumed mid-epoch skips on_train_epoch_start
+
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(2, device=self.device)
         self._train_count = 0
