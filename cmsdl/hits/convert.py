@@ -1,0 +1,354 @@
+"""`cmsdl hits2png`: ROOT hits → `out/<class>/<name>.png` + `out/manifest.csv`, chunked, parallel, resumable.
+
+Work is cut into units (one chunk of entries of one tree); each unit renders its chunk at once, writes every
+image atomically, then records its manifest rows in `out/.parts/<unit>.csv`. A rerun skips finished units, so
+killing it midway and running it again completes without duplicate or half-written images. A bad file (unreadable,
+truncated, missing tree or branch) is reported and skipped; the exit code is 1 when anything failed.
+
+manifest.csv columns: path (relative to out), class, file, tree, entry, n_hits. hits2png.json: image settings,
+channel names, classes (the contract with EventImageDataModule).
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmsdl.errors import CmsdlError, ConfigError
+from cmsdl.hits.png import MODES, encode_png, write_atomic
+from cmsdl.hits.read import HitMapping, iterate_chunks, open_tree, regularize_mapping
+from cmsdl.hits.render import ImageSpec, regularize_spec, render_chunk
+from cmsdl.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+FORMAT = "cmsdl-images/1"
+MANIFEST_COLUMNS = ("path", "class", "file", "tree", "entry", "n_hits")
+PARTS = ".parts"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """How events get their class: from the file name (class → glob) or from a per-event branch."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    branch: str | None = None
+    classes: tuple[str, ...] = ()
+
+    def class_of_file(self, path: str) -> str | None:
+        name = os.path.basename(path)
+        return next((c for c, pattern in self.files.items() if fnmatch.fnmatch(name, pattern)
+                     or fnmatch.fnmatch(path, pattern)), None)
+
+    def names(self, values: np.ndarray, where: str) -> np.ndarray:
+        """Class names of per-event label values (integer codes index `classes`; strings are names)."""
+        if values.dtype.kind in "iu" and self.classes:
+            if values.min(initial=0) < 0 or values.max(initial=0) >= len(self.classes):
+                raise CmsdlError(f"{where}: label branch {self.branch!r} holds codes {sorted(set(values.tolist()))[:10]}, "
+                                 f"expected 0..{len(self.classes) - 1} (labels.classes={list(self.classes)})")
+            return np.asarray(self.classes, dtype=object)[values]
+        return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One chunk of entries of one tree of one file, and the names its images get."""
+
+    file: str
+    tree: str
+    start: int
+    stop: int | None
+    base: str
+    label: str | None
+    key: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs; plain and picklable."""
+
+    out: str
+    mapping: HitMapping
+    spec: ImageSpec
+    labels: Labels
+    step_size: int
+    compress_level: int
+
+
+@dataclass
+class Outcome:
+    unit: Unit
+    n_events: int = 0
+    error: str | None = None
+    warning: str | None = None
+
+
+def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
+    """Sorted files matching the glob pattern(s) (`**` allowed); none at all is a config error."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files = sorted({str(Path(f)) for p in patterns for f in (glob.glob(str(p), recursive=True) or
+                                                              ([p] if not glob.has_magic(str(p)) else []))})
+    if not files:
+        raise ConfigError(f"input: no file matches {', '.join(map(str, patterns))}")
+    return files
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def image_bases(files: Sequence[str], trees: Sequence[str]) -> dict[tuple[str, str], str]:
+    """Image name prefix per (file, tree): the file stem, + the tree when several, + a hash when stems clash."""
+    stems = [Path(f).stem for f in files]
+    bases = {}
+    for f, stem in zip(files, stems):
+        if stems.count(stem) > 1:
+            stem = f"{stem}-{hashlib.sha1(str(Path(f).resolve()).encode()).hexdigest()[:6]}"
+        for tree in trees:
+            bases[(f, tree)] = _sanitize(stem if len(trees) == 1 else f"{stem}_{tree}")
+    return bases
+
+
+def _unit_key(path: str, tree: str, start: int, stop: int | None, fingerprint: str) -> str:
+    stat = os.stat(path)
+    text = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tree}|{start}|{stop}|{fingerprint}"
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def plan(files: Sequence[str], settings: Settings, fingerprint: str) -> tuple[list[Unit], list[Outcome]]:
+    """Units of work for every readable tree; unreadable files, missing trees and empty trees become outcomes."""
+    bases = image_bases(files, settings.mapping.trees)
+    units, problems = [], []
+    for path in files:
+        label = settings.labels.class_of_file(path) if settings.labels.files else None
+        for tree_name in settings.mapping.trees:
+            probe = Unit(path, tree_name, 0, None, bases[(path, tree_name)], label, "")
+            if settings.labels.files and label is None:
+                problems.append(Outcome(probe, error=f"{path}: no class: the file name matches none of labels.files "
+                                                     f"{settings.labels.files}"))
+                break
+            try:
+                n_entries = int(open_tree(path, tree_name).num_entries)
+            except CmsdlError as err:
+                problems.append(Outcome(probe, error=str(err)))
+                continue
+            except Exception as err:
+                problems.append(Outcome(probe, error=f"{path}: cannot read tree {tree_name!r} ({type(err).__name__}: {err})"))
+                continue
+            if n_entries == 0:
+                problems.append(Outcome(probe, warning=f"{path}: tree {tree_name!r} is empty, nothing to convert"))
+                continue
+            step = n_entries if settings.mapping.flat else settings.step_size
+            for start in range(0, n_entries, step):
+                stop = min(start + step, n_entries)
+                units.append(Unit(path, tree_name, start, stop, probe.base, label,
+                                  _unit_key(path, tree_name, start, stop, fingerprint)))
+    return units, problems
+
+
+def convert_unit(unit: Unit, settings: Settings) -> Outcome:
+    """Render and write the images of one unit, then its manifest part; errors come back as text."""
+    try:
+        return Outcome(unit, n_events=_convert(unit, settings))
+    except CmsdlError as err:
+        return Outcome(unit, error=str(err))
+    except Exception as err:
+        detail = " ".join(str(err).split())[:300]
+        return Outcome(unit, error=f"{unit.file}: tree {unit.tree!r} entries {unit.start}-{unit.stop}: "
+                                   f"cannot convert ({type(err).__name__}: {detail})")
+
+
+def _convert(unit: Unit, settings: Settings) -> int:
+    out = Path(settings.out)
+    rows = []
+    for chunk in iterate_chunks(unit.file, unit.tree, settings.mapping, settings.step_size, unit.start, unit.stop):
+        images = render_chunk(chunk, settings.spec)
+        where = f"{unit.file}: tree {unit.tree!r}"
+        classes = (settings.labels.names(chunk.labels, where) if chunk.labels is not None
+                   else np.full(chunk.n_events, unit.label, dtype=object))
+        counts = chunk.counts()
+        for i, entry in enumerate(chunk.entries):
+            relative = Path(_sanitize(str(classes[i]))) / f"{unit.base}_{int(entry):07d}.png"
+            target = out / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, encode_png(images[i], settings.compress_level))
+            rows.append((relative.as_posix(), classes[i], unit.file, unit.tree, int(entry), int(counts[i])))
+    with atomic_write(out / PARTS / f"{unit.key}.csv", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return len(rows)
+
+
+def run_units(units: Sequence[Unit], settings: Settings, workers: int, progress: bool) -> Iterator[Outcome]:
+    """Convert units in `workers` processes (0 or 1: in this process), yielding outcomes as they finish."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum((u.stop or 0) - u.start for u in units), desc="hits2png", unit="event", disable=not progress,
+               file=sys.stderr)
+    try:
+        if workers <= 1:
+            for unit in units:
+                outcome = convert_unit(unit, settings)
+                bar.update((unit.stop or 0) - unit.start)
+                yield outcome
+            return
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+            futures = [pool.submit(convert_unit, unit, settings) for unit in units]
+            for future in as_completed(futures):
+                outcome = future.result()
+                bar.update((outcome.unit.stop or 0) - outcome.unit.start)
+                yield outcome
+    finally:
+        bar.close()
+
+
+def read_part(out: Path, unit: Unit) -> list[list[str]] | None:
+    path = out / PARTS / f"{unit.key}.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def write_manifest(out: Path, units: Sequence[Unit]) -> tuple[Path, int, list[str]]:
+    """manifest.csv from the parts of all finished units, in input order; returns path, rows and classes."""
+    buffer, classes, n = io.StringIO(), {}, 0
+    writer = csv.writer(buffer)
+    writer.writerow(MANIFEST_COLUMNS)
+    for unit in units:
+        for row in read_part(out, unit) or []:
+            writer.writerow(row)
+            classes.setdefault(row[1], None)
+            n += 1
+    with atomic_write(out / "manifest.csv", newline="") as handle:
+        handle.write(buffer.getvalue())
+    return out / "manifest.csv", n, list(classes)
+
+
+def check_previous(out: Path, settings_doc: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to mix images made with other settings into `out`, unless overwrite=true (then start over)."""
+    path = out / "hits2png.json"
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    same = {k: previous.get(k) for k in ("image", "mapping")} == {k: settings_doc[k] for k in ("image", "mapping")}
+    if same and not overwrite:
+        return
+    if not overwrite:
+        raise ConfigError(f"out: {out} holds images made with other settings ({path}); "
+                          "choose another out or pass overwrite=true to redo them")
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of a killed run (never renamed into place)."""
+    for tmp in out.glob("*/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def build_settings(cfg: Any) -> Settings:
+    mapping = regularize_mapping(cfg.tree, dict(cfg.branches), cfg.units, cfg.labels.get("branch"))
+    spec = regularize_spec(cfg.projection, cfg.channels, cfg.size, cfg.get("ranges"), cfg.saturation,
+                           cfg.get("subdetector_groups"), cfg.get("group_by", "subdet"))
+    if len(spec.channel_names) not in MODES:
+        raise ConfigError(f"channels: a PNG holds 1 to 4 channels; these settings make {len(spec.channel_names)}")
+    if not mapping.has_xyz and any(p != "eta-phi" for p in spec.projections):
+        raise ConfigError(f"projection: {list(spec.projections)} needs branches x, y, z; only eta/phi are mapped")
+    files_map = {} if mapping.label_branch else {str(k): str(v) for k, v in (cfg.labels.get("files") or {}).items()}
+    if not files_map and not mapping.label_branch:
+        raise ConfigError("labels: give labels.files (class → file-name glob) or labels.branch (class per event)")
+    labels = Labels(files_map, mapping.label_branch, tuple(cfg.labels.get("classes") or ()))
+    if int(cfg.step_size) < 1:
+        raise ConfigError(f"step_size: expected a positive number of entries, got {cfg.step_size}")
+    return Settings(str(cfg.out), mapping, spec, labels, int(cfg.step_size), int(cfg.compress_level))
+
+
+def settings_document(settings: Settings) -> dict[str, Any]:
+    mapping = asdict(settings.mapping)
+    return {"format": FORMAT, "image": settings.spec.as_dict(), "mapping": json.loads(json.dumps(mapping)),
+            "channels": settings.spec.channel_names}
+
+
+def hits2png(cfg: Any) -> dict[str, Any]:
+    """Convert every input file; returns the summary (also printed, and written to out/hits2png.json)."""
+    settings = build_settings(cfg)
+    out = Path(cfg.out)
+    files = expand_inputs(cfg.input)
+    doc = settings_document(settings)
+    check_previous(out, doc, bool(cfg.overwrite))
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    fingerprint = hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    units, outcomes = plan(files, settings, fingerprint)
+    todo = [u for u in units if read_part(out, u) is None]
+    outcomes += list(run_units(todo, settings, int(cfg.workers), bool(cfg.progress)))
+    manifest, n_images, classes = write_manifest(out, units)
+    summary = summarize(files, units, todo, outcomes, n_images)
+    write_json(out / "hits2png.json", doc | {"classes": labels_order(settings.labels, classes), "n_images": n_images,
+                                              "summary": summary})
+    _write_config(cfg, out)
+    report(summary, outcomes, manifest)
+    return summary
+
+
+def labels_order(labels: Labels, found: Sequence[str]) -> list[str]:
+    """Classes in the order the config names them, then any others in order of appearance."""
+    named = list(labels.files) or list(labels.classes)
+    return [c for c in named if c in found] + [c for c in found if c not in named]
+
+
+def summarize(files: Sequence[str], units: Sequence[Unit], todo: Sequence[Unit], outcomes: Sequence[Outcome],
+              n_images: int) -> dict[str, Any]:
+    failed = [o for o in outcomes if o.error]
+    failed_files = sorted({o.unit.file for o in failed})
+    return {"files": len(files), "files_failed": len(failed_files), "units": len(units),
+            "units_skipped_done": len(units) - len(todo),
+            "events_converted": sum(o.n_events for o in outcomes),
+            "events_failed": sum((o.unit.stop or 0) - o.unit.start for o in failed),
+            "warnings": sum(1 for o in outcomes if o.warning), "images_in_manifest": n_images}
+
+
+def report(summary: Mapping[str, Any], outcomes: Sequence[Outcome], manifest: Path) -> None:
+    for o in outcomes:
+        if o.warning:
+            print(f"warning: {o.warning}", file=sys.stderr)
+        if o.error:
+            print(f"error: {o.error} (skipped)", file=sys.stderr)
+    s = summary
+    print(f"hits2png: {s['files']} files ({s['files_failed']} failed), {s['events_converted']} events converted, "
+          f"{s['events_failed']} failed, {s['units_skipped_done']} of {s['units']} chunks already done, "
+          f"{s['warnings']} warnings; {s['images_in_manifest']} images in {manifest}")
+
+
+def _write_config(cfg: Any, out: Path) -> None:
+    from omegaconf import OmegaConf
+
+    with atomic_write(out / "hits2png.config.yaml") as handle:
+        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def run(cfg: Any) -> None:
+    summary = hits2png(cfg)
+    if summary["files_failed"] or summary["events_failed"]:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    from cmsdl.config import hydra_app
+
+    hydra_app("hits2png")(run)()

@@ -1,0 +1,94 @@
+"""Fill the seed's event-classification table (rows: samples, columns: ResNet34 / ResNet50 / ResNet50 modified).
+
+Runs `cmsdl train` + `cmsdl eval` for every experiment x model on an existing hits2png output and writes a
+Markdown table with accuracy, confusion matrix and CPU/GPU minutes per cell. Finished cells are reused (resume).
+
+    python scripts/event_table.py --manifest data/images/manifest.csv --out docs/event_table.md \
+        --models resnet34 resnet50 resnet50_modified -- trainer=gpu trainer.max_epochs=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXPERIMENTS = {"event_jpsi_vs_qcd": "Jpsi vs QCD", "event_higgs_vs_jpsi": "Higgs vs Jpsi",
+               "event_higgs_vs_qcd": "Higgs vs QCD", "event_3class": "Higgs vs Jpsi vs QCD"}
+MODELS = {"resnet34": "ResNet34", "resnet50": "ResNet50", "resnet50_modified": "ResNet50 modified"}
+SEED = {"event_jpsi_vs_qcd": ("95%", "90%", "99%"), "event_higgs_vs_jpsi": ("93%", "91%", "95%"),
+        "event_higgs_vs_qcd": ("72%", "76%", "88%"), "event_3class": ("74%", "79%", "88%")}
+
+
+def cmsdl(*args: str) -> None:
+    print("$ cmsdl " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "cmsdl.cli", *args], check=True)
+
+
+def cell(manifest: Path, logs: Path, experiment: str, model: str, extra: list[str]) -> dict:
+    """Train and evaluate one cell, or read it back when an earlier run finished it."""
+    name = f"{experiment}-{model}"
+    done = logs / "cells" / f"{name}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    start = time.perf_counter()
+    cmsdl("train", f"experiment={experiment}", f"model={model}", f"data.manifest={manifest}", f"paths.log_dir={logs}",
+          f"run_name={name}", "callbacks.progress_bar.refresh_rate=0", *extra)
+    minutes = (time.perf_counter() - start) / 60
+    trained = json.loads((logs / "train" / "runs" / name / "metrics.json").read_text())
+    cmsdl("eval", f"ckpt={trained['best_checkpoint']}", f"paths.log_dir={logs}", f"run_name={name}")
+    metrics = json.loads((logs / "eval" / "runs" / name / "metrics.json").read_text())
+    result = {"accuracy": metrics["accuracy"], "confusion_matrix": metrics["confusion_matrix"], "n": metrics["n"],
+              "classes": metrics["class_names"], "epochs": trained["epochs"], "train_minutes": minutes}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result))
+    return result
+
+
+def matrix(m: list[list[int]]) -> str:
+    return "[" + " ".join("[" + " ".join(map(str, row)) + "]" for row in m) + "]"
+
+
+def table(results: dict, models: list[str], header: str) -> str:
+    lines = [header, "", "| Sample | " + " | ".join(f"{MODELS[m]} accuracy | confusion matrix" for m in models) + " |",
+             "|---|" + "---|---|" * len(models)]
+    for exp, title in EXPERIMENTS.items():
+        if exp not in results:
+            continue
+        cells = []
+        for m in models:
+            r = results[exp].get(m)
+            cells.append(f"{100 * r['accuracy']:.0f}% | {matrix(r['confusion_matrix'])}" if r else "– | –")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines += ["", "Seed (ISGC 2018, 27K real CMS images): " + "; ".join(
+        f"{EXPERIMENTS[e]} {' / '.join(v)}" for e, v in SEED.items()) + " (ResNet34 / ResNet50 / ResNet50 modified).", "",
+        "Cost per cell (train minutes, epochs): " + "; ".join(
+            f"{EXPERIMENTS[e]} {MODELS[m]} {r['train_minutes']:.1f} min, {r['epochs']} ep"
+            for e, row in results.items() for m, r in row.items()), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--logs", type=Path, default=Path("logs/event_table"))
+    parser.add_argument("--out", type=Path, default=Path("docs/event_table.md"))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    parser.add_argument("--title", default="## Event classification on the toy tracker")
+    parser.add_argument("overrides", nargs="*", help="extra `cmsdl train` overrides (after --)")
+    args = parser.parse_args()
+    results: dict[str, dict] = {}
+    for exp in args.experiments:
+        for model in args.models:
+            results.setdefault(exp, {})[model] = cell(args.manifest.resolve(), args.logs.resolve(), exp, model, args.overrides)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(table(results, args.models, args.title) + "\n")
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()

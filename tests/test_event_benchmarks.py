@@ -1,0 +1,32 @@
+"""The event-image benchmarks keep running at tiny sizes; their figures go to docs/benchmarks.md, never into asserts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+def run_script(name: str, tmp_path: Path, *args: str) -> tuple[str, dict]:
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args, "--json", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_hits2png_benchmark_renders_the_same_pixels_both_ways(tmp_path: Path) -> None:
+    stdout, figures = run_script("bench_hits2png.py", tmp_path, "--events", "60", "--size", "32", "--step-size", "25")
+    assert "ratio vectorised/loop (render)" in stdout
+    assert figures["identical_pixels"] > 0.999 and figures["events"] == 60
+
+
+@pytest.mark.slow
+def test_image_loader_benchmark_compares_png_and_cache(tmp_path: Path) -> None:
+    stdout, figures = run_script("bench_image_loader.py", tmp_path, "--events", "40", "--size", "16", "--epochs", "1")
+    assert "ratio cache/PNG" in stdout and figures["images"] == 56
+    assert figures["png_images_per_s"] > 0 and figures["cache_images_per_s"] > 0

@@ -1,0 +1,167 @@
+"""hits2png on ROOT files from other programs: branch mappings, flat and jagged trees, bad files, kill and rerun."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from cmsdl.hits.png import decode_png
+from cmsdl.hits.read import Chunk
+from cmsdl.hits.render import regularize_spec, render_chunk, render_event
+from cmsdl.hits.simulate import simulate_events, write_root
+from conftest import REPO, run_cmsdl
+
+
+def manifest(out: Path) -> list[dict[str, str]]:
+    with (out / "manifest.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_sim(path: Path, process: str, n: int, seed: int = 1) -> Path:
+    write_root(path, simulate_events(process, n, seed), 0)
+    return path
+
+
+def test_chunk_rendering_matches_a_per_event_histogram() -> None:
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 200, 25)
+    row = np.repeat(np.arange(25), counts)
+    n = len(row)
+    hits = {"x": rng.normal(0, 50, n), "y": rng.normal(0, 50, n), "z": rng.normal(0, 120, n),
+            "subdet": rng.integers(0, 4, n), "weight": rng.exponential(1.0, n)}
+    chunk = Chunk(np.arange(25), row, hits)
+    for spec in (regularize_spec("xy,rz,eta-phi", size=(24, 40)), regularize_spec("rz", "subdetectors", 32)):
+        images = render_chunk(chunk, spec)
+        reference = np.stack([render_event({k: v[row == e] for k, v in hits.items()}, spec) for e in range(25)])
+        assert images.shape == reference.shape and images.dtype == np.uint8
+        assert (images != reference).mean() < 1e-3 and images.max() > 0
+
+
+def foreign_files(folder: Path) -> tuple[Path, Path]:
+    """Files as another program writes them: mm units, dotted/slashed names, two trees, labels in a branch."""
+    folder.mkdir()
+    sim = [simulate_events(p, 12, 3) for p in ("jpsi", "qcd")]
+    hit = ak.concatenate([s["hit"] for s in sim])
+    jagged = folder / "detector run.root"
+    with uproot.recreate(jagged) as f:
+        f.mktree("Runs/meta", {"run": np.int32}).extend({"run": np.array([1], np.int32)})
+        tree = f.mktree("Tracker/hits", {"pos.x": ak.type(hit.x).content, "pos/y": ak.type(hit.y).content,
+                                         "pos.z": ak.type(hit.z).content, "kind": np.int32})
+        tree.extend({"pos.x": hit.x * 10, "pos/y": hit.y * 10, "pos.z": hit.z * 10,
+                     "kind": np.repeat(np.array([0, 1], np.int32), 12)})
+    flat = folder / "flat.root"
+    counts = ak.to_numpy(ak.num(hit.x))
+    with uproot.recreate(flat) as f:
+        f["hits"] = {"evt": np.repeat(np.arange(24), counts).astype(np.int64), "hx": ak.to_numpy(ak.flatten(hit.x)) * 10,
+                     "hy": ak.to_numpy(ak.flatten(hit.y)) * 10, "hz": ak.to_numpy(ak.flatten(hit.z)) * 10,
+                     "kind": np.repeat(np.repeat([0, 1], 12), counts).astype(np.int32)}
+    return jagged, flat
+
+
+def test_foreign_jagged_tree_with_odd_branch_names(tmp_path: Path) -> None:
+    jagged, _ = foreign_files(tmp_path / "in")
+    run_cmsdl("hits2png", f"input={jagged}", "out=img", "tree=Tracker/hits", "branches.x=pos.x", "branches.y=pos/y",
+              "branches.z=pos.z", "branches.layer=null", "branches.subdet=null", "units=mm", "labels.files={}",
+              "labels.branch=kind", "labels.classes=[jpsi,qcd]", "size=32", "step_size=5", "workers=2",
+              "progress=false", cwd=tmp_path)
+    rows = manifest(tmp_path / "img")
+    assert len(rows) == 24 and [r["class"] for r in rows] == ["jpsi"] * 12 + ["qcd"] * 12
+    assert sorted(int(r["entry"]) for r in rows) == list(range(24))
+    reference = simulate_events("jpsi", 12, 3)["hit"][4]
+    spec = regularize_spec("xy", size=32, saturation=4)
+    expected = render_event({k: ak.to_numpy(reference[k]).astype(float) for k in ("x", "y", "z")}, spec)
+    image = decode_png(tmp_path / "img" / rows[4]["path"], 1)
+    assert (image != expected).mean() < 0.01 and int(rows[4]["n_hits"]) == len(reference)
+
+
+def test_flat_tree_grouped_by_event_across_chunks(tmp_path: Path) -> None:
+    _, flat = foreign_files(tmp_path / "in")
+    run_cmsdl("hits2png", f"input={flat}", "out=img", "tree=hits", "branches.x=hx", "branches.y=hy", "branches.z=hz",
+              "branches.layer=null", "branches.subdet=null", "branches.event=evt", "units=mm", "labels.files={}",
+              "labels.branch=kind", "labels.classes=[jpsi,qcd]", "size=32", "step_size=333", "workers=0",
+              "progress=false", cwd=tmp_path)
+    rows = manifest(tmp_path / "img")
+    hits = ak.concatenate([simulate_events(p, 12, 3)["hit"] for p in ("jpsi", "qcd")])
+    assert [int(r["entry"]) for r in rows] == list(range(24))
+    assert [int(r["n_hits"]) for r in rows] == ak.num(hits.x).tolist()
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = write_sim(raw / "jpsi_good.root", "jpsi", 20)
+    data = write_sim(raw / "qcd_whole.root", "qcd", 40).read_bytes()
+    (raw / "qcd_truncated.root").write_bytes(data[: len(data) // 2])
+    (raw / "qcd_whole.root").unlink()
+    (raw / "jpsi_corrupt.root").write_bytes(os.urandom(5000))
+    with uproot.recreate(raw / "qcd_empty.root") as f:
+        f.mktree("events", {"hit_x": "var * float32", "hit_y": "var * float32", "hit_z": "var * float32"})
+    with uproot.recreate(raw / "qcd_renamed.root") as f:
+        f["events"] = {"hitX": ak.Array([[1.0]]), "hit_y": ak.Array([[1.0]]), "hit_z": ak.Array([[1.0]])}
+    proc = run_cmsdl("hits2png", "input=raw/*.root", "out=img", "branches.layer=null", "branches.subdet=null",
+                     "labels.files={jpsi: 'jpsi_*', qcd: 'qcd_*'}", "size=16", "progress=false", cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr
+    assert "jpsi_corrupt.root: not a readable ROOT file" in err
+    assert "qcd_truncated.root" in err and "qcd_empty.root: tree 'events' is empty" in err
+    assert "qcd_renamed.root: tree 'events' has no branch 'hit_x'" in err and "hitX" in err
+    assert "5 files (3 failed)" in proc.stdout
+    assert len(manifest(tmp_path / "img")) == 20 and good.is_file()
+
+
+def test_killed_midway_then_rerun_completes_without_duplicates(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for k in range(3):
+        write_sim(raw / f"qcd_{k}.root", "qcd", 200, seed=k)
+    args = [sys.executable, "-m", "cmsdl.cli", "hits2png", "input=raw/*.root", "out=img", "labels.files={qcd: 'qcd_*'}",
+            "size=48", "step_size=10", "workers=1", "compress_level=9", "progress=false"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((tmp_path / "img" / ".parts").glob("*.csv"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "img" / "manifest.csv").exists(), "the first run was not killed midway"
+    rerun = run_cmsdl(*args[3:], cwd=tmp_path)
+    assert "chunks already done" in rerun.stdout
+    rows = manifest(tmp_path / "img")
+    paths = [r["path"] for r in rows]
+    assert len(rows) == 600 and len(set(paths)) == 600
+    assert sorted(p.relative_to(tmp_path / "img").as_posix() for p in (tmp_path / "img").rglob("*.png")) == sorted(paths)
+    assert not list((tmp_path / "img").rglob("*.tmp"))
+    assert all(decode_png(tmp_path / "img" / p, 1).shape == (1, 48, 48) for p in paths)
+
+
+def test_other_settings_in_the_same_output_need_overwrite(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_sim(raw / "jpsi_0.root", "jpsi", 5)
+    write_sim(raw / "higgs_0.root", "higgs", 5)
+    base = ["hits2png", "input=raw/*.root", "out=img", "progress=false"]
+    run_cmsdl(*base, "size=16", cwd=tmp_path)
+    again = run_cmsdl(*base, "size=16", cwd=tmp_path)
+    assert "2 of 2 chunks already done" in again.stdout
+    other = run_cmsdl(*base, "size=24", cwd=tmp_path, check=False)
+    assert other.returncode == 2 and "overwrite=true" in other.stderr
+    run_cmsdl(*base, "size=24", "overwrite=true", "channels=subdetectors", cwd=tmp_path)
+    rows = manifest(tmp_path / "img")
+    assert len(rows) == 10 and decode_png(tmp_path / "img" / rows[0]["path"], 2).shape == (2, 24, 24)
+
+
+@pytest.mark.parametrize("override, message", [("projection=xz", "did you mean 'xy'"), ("units=inch", "units:"),
+                                               ("+branches.q=hit_q", "branches.q: unknown role")])
+def test_bad_settings_stop_with_one_line(tmp_path: Path, override: str, message: str) -> None:
+    write_sim(tmp_path / "jpsi_0.root", "jpsi", 2)
+    proc = run_cmsdl("hits2png", "input=*.root", "out=img", override, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,53 @@
+"""The toy CMS tracker: deterministic, CMS-like geometry, processes that differ, ROOT output a user can read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from cmsdl.hits.geometry import cms_barrel
+from cmsdl.hits.simulate import simulate_events
+from conftest import run_cmsdl
+
+
+def test_same_seed_same_events_other_seed_other_events() -> None:
+    a, b, c = (simulate_events("higgs", 50, seed) for seed in (5, 5, 6))
+    assert ak.array_equal(a["hit"], b["hit"]) and np.array_equal(a["n_tracks"], b["n_tracks"])
+    assert not ak.array_equal(a["hit"], c["hit"])
+
+
+def test_pixel_barrel_hits_lie_on_the_cms_layers() -> None:
+    hits = ak.flatten(simulate_events("qcd", 100, 1, noise=0)["hit"])
+    pixel = hits[hits.subdet == 0]
+    r = np.hypot(ak.to_numpy(pixel.x), ak.to_numpy(pixel.y))
+    layers = cms_barrel().radius[:4]
+    assert np.abs(r[:, None] - layers[None, :]).min(axis=1).max() < 0.01
+    assert set(np.unique(ak.to_numpy(hits.subdet))) == {0, 1, 2, 3}
+    assert np.abs(ak.to_numpy(hits.z)).max() <= 280 and np.hypot(ak.to_numpy(hits.x), ak.to_numpy(hits.y)).max() <= 111
+
+
+def test_processes_differ_in_multiplicity_and_curvature() -> None:
+    n_hits = {p: ak.mean(ak.num(simulate_events(p, 300, 2)["hit"].x)) for p in ("jpsi", "qcd", "higgs")}
+    assert n_hits["qcd"] > 1.4 * n_hits["higgs"] > 1.4 * 1.2 * n_hits["jpsi"]
+    low_pt = simulate_events("jpsi", 300, 2, efficiency=0.0, noise=30)
+    assert ak.sum(ak.num(low_pt["hit"].x)) == ak.sum(low_pt["n_noise"])
+
+
+def test_simulate_command_writes_root_trees_and_resumes(tmp_path: Path) -> None:
+    proc = run_cmsdl("simulate", "out=raw", "n_events=30", "events_per_file=20", "processes=[jpsi,higgs]", "progress=false",
+                     cwd=tmp_path)
+    assert "events/s" in proc.stdout
+    files = sorted(p.name for p in (tmp_path / "raw").glob("*.root"))
+    assert files == ["higgs_000.root", "higgs_001.root", "jpsi_000.root", "jpsi_001.root"]
+    tree = uproot.open(tmp_path / "raw" / "jpsi_001.root")["events"]
+    assert type(tree).__name__.startswith("Model_TTree") and tree.num_entries == 10
+    assert {"hit_x", "hit_y", "hit_z", "hit_layer", "hit_subdet", "process", "n_tracks", "event"} <= set(tree.keys())
+    assert tree["event"].array(library="np").tolist() == list(range(20, 30))
+    again = run_cmsdl("simulate", "out=raw", "n_events=30", "events_per_file=20", "processes=[jpsi,higgs]",
+                      "progress=false", cwd=tmp_path)
+    assert "simulated 0 events" in again.stdout
+    bad = run_cmsdl("simulate", "out=raw", "processes=[jspi]", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "did you mean 'jpsi'" in bad.stderr
