@@ -94,3 +94,25 @@ def test_a_foreign_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
     proc = run_cmsdl("export", f"ckpt={fake}", f"out={tmp_path / 'x.onnx'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "was not written by `cmsdl train`" in proc.stderr
+
+
+@pytest.mark.slow
+def test_regression_model_evaluates_exports_and_predicts_raw_records(tmp_path: Path) -> None:
+    from cmsdl.data.transfer_sim import simulate_transfers, write_log
+    from cmsdl.data.transfers import read_transfer_log
+    from conftest import run_cmsdl
+
+    log_file = write_log(tmp_path / "transfers.log", simulate_transfers(800, seed=5)[0])
+    run_cmsdl("train", "experiment=transfer_latency", f"data.source.path={log_file}", f"paths.log_dir={tmp_path}",
+              "run_name=tl", "trainer=cpu", "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0",
+              cwd=tmp_path)
+    best = json.loads((tmp_path / "train" / "runs" / "tl" / "metrics.json").read_text())["best_checkpoint"]
+    run_cmsdl("eval", f"ckpt={best}", f"paths.log_dir={tmp_path}", "run_name=e", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "eval" / "runs" / "e" / "metrics.json").read_text())
+    assert set(metrics) >= {"mae", "rmse", "r2", "n"} and (tmp_path / "eval/runs/e/predicted_vs_true.png").is_file()
+    run_cmsdl("export", f"ckpt={best}", f"out={tmp_path / 'latency.onnx'}", cwd=tmp_path)
+    predictor = Predictor(tmp_path / "latency.onnx")
+    assert predictor.contract.task == "regression" and predictor.contract.outputs[0].shape == ["batch", 1]
+    records = read_transfer_log(log_file, "<EOR>").records[:5]
+    result = predictor.predict_records(records)
+    assert result.outputs.shape == (5, 1) and np.isfinite(result.outputs).all()

@@ -55,10 +55,10 @@ class InferenceGraph(nn.Module):
         self.half = half
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x.half() if self.half else x)
+        out = self.model(x.half() if self.half and x.is_floating_point() else x)
         probabilities = getattr(self.model, "probabilities", None)
         out = probabilities(out) if callable(probabilities) else out
-        return out.float()
+        return (out.unsqueeze(1) if out.ndim == 1 else out).float()
 
 
 @dataclass
@@ -77,7 +77,8 @@ def task_of(model: nn.Module) -> str:
 
 
 def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
-    """Up to n real model inputs from the test split (the val split if test is empty)."""
+    """Up to n real model inputs from the test split (the val split if test is empty), in the data's dtype
+    (float32 features; uint8 images, which the image networks scale themselves, so the graph takes raw pixels)."""
     rows = []
     for split in ("test", "val"):
         for x, _ in datamodule.split_loader(split):
@@ -88,7 +89,8 @@ def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
             break
     if not rows:
         raise CmsdlError("export: the checkpoint's data has no test or validation samples for the parity check")
-    return torch.cat(rows)[:n].float()
+    samples = torch.cat(rows)[:n]
+    return samples if samples.dtype == torch.uint8 else samples.float()
 
 
 def build_contract(checkpoint: dict[str, Any], model: nn.Module, samples: torch.Tensor, ckpt_path: str) -> ModelContract:
@@ -103,7 +105,8 @@ def build_contract(checkpoint: dict[str, Any], model: nn.Module, samples: torch.
         version=cmsdl.__version__,
         task=task_of(model),
         class_names=list(getattr(model, "class_names", [])) or list(preprocessing.get("class_names", [])),
-        inputs=[TensorSpec(INPUT_NAMES.get(kind, "input"), ["batch", *samples.shape[1:]], "float32")],
+        inputs=[TensorSpec(INPUT_NAMES.get(kind, "input"), ["batch", *samples.shape[1:]],
+                           str(samples.numpy().dtype))],
         outputs=[TensorSpec("probabilities" if task_of(model) == "classification" else "prediction",
                             ["batch", int(n_out)], "float32")],
         preprocessing=preprocessing,

@@ -7,6 +7,7 @@ embedded in production code and in the REST service.
     result = predictor.predict_records(workflows)        # tabular: raw records (e.g. workflow JSON)
     result = predictor.predict_rows([{"50660|good": 3.0, ...}])   # tabular: raw feature values by name
     result = predictor.predict_images(["event.png"])     # image models: PNG files or bytes
+    result = predictor.predict_hits([{"x": [...], "y": [...], "z": [...]}])   # image models: hits in cm
     result.probabilities, result.labels
 """
 
@@ -27,6 +28,7 @@ from cmsdl.inference.metadata import ModelContract
 # Source kind (preprocessing["source"]["kind"]) → "module:function(state, records) -> raw feature rows".
 RECORD_FEATURES: dict[str, str] = {
     "workflow_actions": "cmsdl.data.workflow_features:features_from_records",
+    "transfers": "cmsdl.data.transfer_features:features_from_records",
 }
 
 
@@ -111,7 +113,7 @@ class Predictor:
                              f"{', '.join(map(str, expected))}]")
         if len(inputs) == 0:
             raise InputError(f"input '{spec.name}': empty batch")
-        if not np.isfinite(inputs).all():
+        if inputs.dtype.kind == "f" and not np.isfinite(inputs).all():
             raise InputError(f"input '{spec.name}': contains NaN or infinite values")
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
@@ -163,7 +165,17 @@ class Predictor:
         self.require_kind("image")
         from cmsdl.inference.images import images_to_input
 
-        return self.run(images_to_input(images, self.preprocessing, self.contract.input.shape))
+        spec = self.contract.input
+        return self.run(images_to_input(images, self.preprocessing, spec.shape, spec.dtype))
+
+    def predict_hits(self, events: Sequence[Mapping[str, Sequence[float]]]) -> Prediction:
+        """Image models: events of tracker hits ({"x": [...], "y": [...], "z": [...]} in cm), rendered with the
+        model's hits2png settings."""
+        self.require_kind("image")
+        from cmsdl.inference.images import hits_to_input
+
+        spec = self.contract.input
+        return self.run(hits_to_input(events, self.preprocessing, spec.shape, spec.dtype))
 
     def require_kind(self, kind: str) -> None:
         if self.kind != kind:

@@ -2,7 +2,7 @@
 
     GET    /health                     liveness                    GET /ready   readiness (models loaded)
     GET    /models                     served models               GET /models/{name}   a model's contract
-    POST   /models/{name}/predict      JSON {"inputs"|"rows"|"records"|"images": [...]} or a .npy body
+    POST   /models/{name}/predict      JSON {"inputs"|"rows"|"records"|"images"|"hits": [...]} or a .npy body
     PUT    /models/{name}              upload (raw ONNX bytes; Authorization: Bearer <token> if configured)
     DELETE /models/{name}              remove (same guard)
 
@@ -29,7 +29,7 @@ from cmsdl.serve.store import ModelNameError, ModelStore, UnknownModelError, che
 
 log = logging.getLogger(__name__)
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
-JSON_KINDS = ("inputs", "rows", "records", "images")
+JSON_KINDS = ("inputs", "rows", "records", "images", "hits")
 
 
 class HTTPError(Exception):
@@ -67,7 +67,7 @@ def parse_json_request(body: bytes) -> tuple[str, Any]:
 def predict_json(predictor: Predictor, kind: str, payload: list) -> dict[str, Any]:
     if kind == "inputs":
         try:
-            array = np.asarray(payload, dtype=np.float32)
+            array = np.asarray(payload, dtype=predictor.contract.input.dtype)
         except (TypeError, ValueError):
             raise InputError("inputs: expected a nested list of numbers (a rectangular tensor)") from None
         return predictor.run(array).to_dict()
@@ -78,8 +78,8 @@ def predict_json(predictor: Predictor, kind: str, payload: list) -> dict[str, An
         except (binascii.Error, TypeError, ValueError):
             raise InputError("images: expected base64-encoded PNG strings") from None
         return predictor.predict_images(images).to_dict()
-    method = predictor.predict_rows if kind == "rows" else predictor.predict_records
-    return method(payload).to_dict()
+    methods = {"rows": predictor.predict_rows, "records": predictor.predict_records, "hits": predictor.predict_hits}
+    return methods[kind](payload).to_dict()
 
 
 def create_app(models: str, token: str | None = None, max_body_bytes: int = 64 << 20,
