@@ -197,4 +197,4 @@ def features_from_records(state: dict[str, Any], records: Sequence[dict[str, Any
     state; used by the torch-free predictor."""
     features = TransferFeatures()
     features.load_state_dict(state["features"])
-    return features.transform(flatten_records(list(records), features.list_limit))
+    return features.transform_records(list(records))
