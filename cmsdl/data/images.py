@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from cmsdl.data.tabular import stratified_split
+from cmsdl.data.splits import SplitLoaders
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.io import write_json
 
@@ -81,7 +82,7 @@ class ImageBatches(Dataset):
         return x, self.labels[index]
 
 
-class EventImageDataModule(pl.LightningDataModule):
+class EventImageDataModule(SplitLoaders, pl.LightningDataModule):
     """Event images of some classes of a hits2png output, split 70/15/15 (stratified), served as uint8 batches."""
 
     def __init__(
@@ -218,21 +219,6 @@ class EventImageDataModule(pl.LightningDataModule):
         return DataLoader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=workers and self.persistent_workers,
                           prefetch_factor=self.prefetch_factor if workers else None)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def split_loader(self, name: str) -> DataLoader:
-        return self._loader(name, shuffle=False)
 
     def split_ids(self, name: str) -> list[str]:
         self.setup()

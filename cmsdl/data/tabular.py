@@ -17,6 +17,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from cmsdl.data.splits import SplitLoaders
 from cmsdl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def stratified_split(
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-class TabularDataModule(pl.LightningDataModule):
+class TabularDataModule(SplitLoaders, pl.LightningDataModule):
     """Splits a tabular source, fits features and scaling on the training split, and batches tensors."""
 
     def __init__(
@@ -166,18 +167,6 @@ class TabularDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
     def preprocessing(self) -> dict[str, Any]:
         """Everything needed to turn raw records into model input: the fitted source and the scaling."""
         self.setup()
@@ -212,6 +201,3 @@ class TabularDataModule(pl.LightningDataModule):
         self.setup()
         return [str(getattr(self.records[i], "name", i)) for i in self.split_rows[name]]
 
-    def split_loader(self, name: str) -> DataLoader:
-        """Batches of one split, in order."""
-        return self._loader(name, shuffle=False)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, AUROC
+
+from cmsdl.models.base import TrainedNetwork
 
 
 def output_size(class_names: Sequence[str], binary_head: bool) -> int:
@@ -23,7 +24,7 @@ def output_size(class_names: Sequence[str], binary_head: bool) -> int:
     return 1 if binary_head and len(class_names) == 2 else len(class_names)
 
 
-class Classifier(pl.LightningModule):
+class Classifier(TrainedNetwork):
     """Trains `net` with the optimiser (and optional scheduler) factories given by the config."""
 
     def __init__(
@@ -35,13 +36,8 @@ class Classifier(pl.LightningModule):
         binary_head: bool = True,
         monitor: str = "val/loss",
     ) -> None:
-        super().__init__()
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.class_names = list(class_names)
+        super().__init__(net, optimizer, class_names, scheduler, monitor)
         self.binary = output_size(class_names, binary_head) == 1
-        self.monitor = monitor
         task = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": len(class_names)}
         self.val_metrics = MetricCollection({"acc": Accuracy(**task), "auroc": AUROC(**task)}, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
@@ -109,10 +105,3 @@ class Classifier(pl.LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = batch
         return {"probs": self.probabilities(self(x)), "labels": y}
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}

@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
+from cmsdl.models.base import TrainedNetwork
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
 
 
-class Regressor(pl.LightningModule):
+class Regressor(TrainedNetwork):
     """Trains `net` on (features, targets) batches with the optimiser (and optional scheduler) of the config."""
 
     def __init__(
@@ -32,15 +33,10 @@ class Regressor(pl.LightningModule):
         monitor: str = "val/loss",
         binary_head: bool = False,
     ) -> None:
-        super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.loss: got {loss!r}, expected one of {', '.join(LOSSES)}")
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.class_names = list(class_names)
+        super().__init__(net, optimizer, class_names, scheduler, monitor)
         self.loss_fn = LOSSES[loss]
-        self.monitor = monitor
         metrics = {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False), "r2": R2Score()}
         self.val_metrics = MetricCollection(metrics, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
@@ -87,10 +83,3 @@ class Regressor(pl.LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = batch
         return {"predictions": self(x), "targets": y}
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
