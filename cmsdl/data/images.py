@@ -205,7 +205,7 @@ class EventImageDataModule(SplitLoaders, pl.LightningDataModule):
     def dataset(self, name: str, augment: bool = False) -> ImageBatches:
         self.setup()
         rows = self.split_rows[name]
-        flips = (1, 2) if augment and self.augment_flips else ()
+        flips = (2, 3) if augment and self.augment_flips else ()  # height and width of a (batch, C, H, W) tensor
         return ImageBatches(self.cache_path, rows, self.labels[rows], flips, self.seed)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
