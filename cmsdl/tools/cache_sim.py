@@ -115,7 +115,7 @@ def plot_curves(path: Path, curves: dict[str, list[dict[str, Any]]], max_rates: 
     n = len(curves)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False, layout="constrained")
     for ax, (site, results) in zip(axes.flat, curves.items()):
         for policy in dict.fromkeys(r["policy"] for r in results):
             mine = [r for r in results if r["policy"] == policy]
@@ -123,6 +123,7 @@ def plot_curves(path: Path, curves: dict[str, list[dict[str, Any]]], max_rates: 
         ax.axhline(max_rates[site], ls="--", c="grey", lw=1, label="max hit rate")
         ax.set(title=site, xlabel=f"cache size ({unit})", ylabel="hit rate", xscale="log")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
