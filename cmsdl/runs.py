@@ -1,6 +1,6 @@
 """Run directories: naming, finding the run to resume, and the config resolvers that use them.
 
-``run_name`` defaults to a timestamp. With ``resume=true`` it is the newest earlier run under the same task
+``run_name`` defaults to a timestamp (under torchrun: the launcher's start, the same for all its ranks). With ``resume=true`` it is the newest earlier run under the same task
 directory that was started with the same command-line overrides (``resume`` and ``run_name`` aside) and left
 a ``checkpoints/last.ckpt``, so the same command plus ``resume=true`` continues in the same directory.
 """
@@ -8,6 +8,7 @@ a ``checkpoints/last.ckpt``, so the same command plus ``resume=true`` continues 
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,28 @@ def run_name(task_dir: str, resume: Any) -> str:
         found = find_resumable_run(Path(task_dir), mode, overrides)
         if found:
             return found
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return launch_time().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def launch_time() -> datetime:
+    """When the run was launched: under torchrun the launcher's start time, which all its local ranks share
+    (so they agree on one run directory), else now."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        started = process_start(os.getppid())
+        if started is not None:
+            return started
+    return datetime.now()
+
+
+def process_start(pid: int) -> datetime | None:
+    """Start time of a process from /proc (Linux); None where that is not available."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return datetime.fromtimestamp(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def register_resolvers() -> None:

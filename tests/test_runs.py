@@ -40,3 +40,16 @@ def test_checkpoint_to_resume(tmp_path: Path) -> None:
         checkpoint_to_resume(False, tmp_path)
     with pytest.raises(ConfigError, match="missing.ckpt does not exist"):
         checkpoint_to_resume(str(tmp_path / "missing.ckpt"), tmp_path)
+
+
+def test_ranks_of_one_torchrun_launch_agree_on_the_run_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    from cmsdl.runs import process_start, run_name
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    first = run_name(str(tmp_path), False)
+    time.sleep(1.1)
+    assert run_name(str(tmp_path), False) == first, "ranks starting a second apart share the launcher's start time"
+    assert first == process_start(os.getppid()).strftime("%Y-%m-%d_%H-%M-%S")
