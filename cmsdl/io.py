@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from cmsdl.errors import InputFormatError
+
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
@@ -39,3 +41,14 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Pat
         json.dump(obj, handle, indent=indent, sort_keys=False)
         handle.write("\n")
     return Path(path)
+
+
+def read_input_text(path: str | os.PathLike, what: str) -> str:
+    """The text of an input file; a missing or unreadable one raises one InputFormatError naming it and `what`."""
+    path = Path(path)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise InputFormatError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputFormatError(f"{path}: cannot read {what} ({err})") from None

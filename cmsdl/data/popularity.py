@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.io import atomic_write, read_input_text
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,7 @@ class LabelRule:
 def load_popularity(path: str | Path, max_bad_fraction: float = 0.5) -> PopularityTable:
     """Read a popularity CSV; bad rows are skipped and counted, a wrong header or mostly-bad file raises."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputFormatError(f"{path}: no such popularity file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputFormatError(f"{path}: cannot read popularity file ({err})") from None
+    text = read_input_text(path, "popularity file")
     table = parse_popularity(text, source=str(path))
     if len(table) == 0 or len(table.bad) > max_bad_fraction * (len(table) + len(table.bad)):
         raise InputFormatError(f"{table.bad_summary()}; only {len(table)} good records, expected mostly good ones")
@@ -186,8 +182,6 @@ def _check_row(row: list[str]) -> str | None:
 
 def write_popularity(path: str | Path, columns: dict[str, np.ndarray]) -> Path:
     """Write columns (as in PopularityTable.columns) as a cmsdl-popularity/1 CSV, atomically."""
-    from cmsdl.io import atomic_write
-
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)

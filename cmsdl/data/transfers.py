@@ -29,6 +29,7 @@ import numpy as np
 
 from cmsdl.data.popularity import BadRecord
 from cmsdl.errors import InputFormatError
+from cmsdl.io import read_input_text
 
 FORMAT = "cmsdl-transfers/1"
 MARKER = "<EOR>"
@@ -56,12 +57,7 @@ class TransferLog:
 def read_transfer_log(path: str | Path, marker: str = MARKER) -> TransferLog:
     """Read a cmsdl-transfers/1 log; bad records are skipped and listed, an unreadable file raises."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputFormatError(f"{path}: no such transfer log") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputFormatError(f"{path}: cannot read transfer log ({err})") from None
+    text = read_input_text(path, "transfer log")
     log = parse_transfer_log(text, marker, str(path))
     if not log.records:
         raise InputFormatError(f"{path}: no good records ending in {marker!r}" + (f"; {log.bad_summary()}" if log.bad else ""))

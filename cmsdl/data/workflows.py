@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cmsdl.errors import InputFormatError
+from cmsdl.io import read_input_text
 
 FORMAT = "cmsdl-workflows/1"
 ACTIONS = ("acdc", "clone", "kill", "resubmit")
@@ -70,12 +71,7 @@ class Workflow:
 def load_workflows(path: str | Path) -> list[Workflow]:
     """Read and validate a workflow document; any problem raises one InputFormatError naming file, workflow, field."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputFormatError(f"{path}: no such workflow file") from None
-    except OSError as err:
-        raise InputFormatError(f"{path}: cannot read workflow file ({err.strerror})") from None
+    text = read_input_text(path, "workflow file")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:

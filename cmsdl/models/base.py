@@ -1,4 +1,5 @@
-"""TrainedNetwork: what every cmsdl LightningModule shares, a network plus optimiser and scheduler factories."""
+"""TrainedNetwork: what every cmsdl LightningModule shares: a network, optimiser and scheduler factories, the
+validation/test steps and the per-epoch training sums (subclasses define `_step` and the epoch hooks)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import MetricCollection
 
 
 class TrainedNetwork(pl.LightningModule):
@@ -21,6 +23,18 @@ class TrainedNetwork(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.class_names = list(class_names)
         self.monitor = monitor
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def on_train_start(self) -> None:
+        self.on_train_epoch_start()  # a fit resumed mid-epoch skips on_train_epoch_start
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self.test_metrics, "test")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -81,9 +81,6 @@ class Classifier(TrainedNetwork):
         self._train_count += len(y)
         return loss
 
-    def on_train_start(self) -> None:
-        self.on_train_epoch_start()  # a fit resumed mid-epoch skips on_train_epoch_start
-
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(2, device=self.device)
         self._train_count = 0
@@ -95,12 +92,6 @@ class Classifier(TrainedNetwork):
 
     def _predicted(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits.reshape(-1) > 0).long() if self.binary else logits.argmax(dim=1)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = batch

@@ -64,21 +64,12 @@ class Regressor(TrainedNetwork):
         self._train_count += len(y)
         return loss
 
-    def on_train_start(self) -> None:
-        self.on_train_epoch_start()  # a fit resumed mid-epoch skips on_train_epoch_start
-
     def on_train_epoch_start(self) -> None:
         self._train_sum = torch.zeros((), device=self.device)
         self._train_count = 0
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self._train_sum / max(self._train_count, 1), prog_bar=True, sync_dist=True)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = batch
