@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cmsdl-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-slow test-all bench clean
+.PHONY: help install xrootd-server demo test test-slow test-all bench clean
 
 help:
 	@echo "make demo       simulate workflows, train the seed's DNN, evaluate, cluster, print a summary"
@@ -21,7 +21,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) xrootd-server
+
+# The root:// tests (tests/test_remote.py) run a real xrootd on loopback; they are skipped where it is missing.
+xrootd-server:
+	@if command -v xrootd >/dev/null 2>&1; then echo "xrootd-server: $$(command -v xrootd) is installed"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "xrootd-server: not root, not installing it (root:// tests will be skipped)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "xrootd-server: no apt-get, not installing it (root:// tests will be skipped)"; \
+	else echo "xrootd-server: installing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xrootd-server; fi
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("cmsdl.train", "main", "train a model: cmsdl train experiment=workflow_actions trainer=gpu"),
     "eval": ("cmsdl.evaluate", "main", "evaluate a checkpoint on a split, write metrics and plots: cmsdl eval ckpt=..."),
     "simulate": ("cmsdl.hits.simulate", "main", "toy CMS tracker: simulate jpsi/qcd/higgs events into ROOT files of hits"),
+    "simulate-top": ("cmsdl.ntuple.simulate", "main", "toy NanoAOD: all-hadronic ttbar signal and QCD multijet background (ROOT)"),
     "hits2png": ("cmsdl.hits.convert", "main", "render ROOT hits into PNG event images + manifest (chunked, parallel, resumable)"),
     "simulate-workflows": ("cmsdl.data.workflow_sim", "main",
                            "write synthetic CMS workflows with errors and actions (JSON)"),

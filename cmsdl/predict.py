@@ -2,7 +2,9 @@
 
 Inputs, by file type: ``.json`` records in the training data's format (e.g. a workflow document), ``.csv``
 raw feature rows with a header of feature names, ``.npy`` model-ready tensors, ``.png`` files or folders of
-them for image models. Several files or globs may be given. Runs on cmsdl.inference (no torch).
+them for image models, ``.root`` files or root:// / https:// URLs for models trained on ROOT tables (scores go
+to one file per input, cmsdl/ntuple/scores.py). Several files or globs may be given. Runs on cmsdl.inference
+(no torch).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from cmsdl.config import hydra_app
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.inference import InputError, Prediction, Predictor, load_npy
 from cmsdl.io import atomic_write
+from cmsdl.ntuple.remote import expand_remote, is_remote
+from cmsdl.ntuple.scores import score_files
 
 log = logging.getLogger(__name__)
-SUFFIXES = (".json", ".csv", ".npy", ".png")
+SUFFIXES = (".json", ".csv", ".npy", ".png", ".root")
 
 
 @dataclass
@@ -38,11 +42,14 @@ class Batch:
     method: str
 
 
-def expand_inputs(spec: str | Sequence[str]) -> list[Path]:
-    """Files named by paths, globs and folders (folders: the PNG files inside, recursively)."""
+def expand_inputs(spec: str | Sequence[str]) -> list[Path | str]:
+    """Files named by paths, globs and folders (folders: the PNG files inside, recursively); URLs as they are."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
-    files: list[Path] = []
+    files: list[Path | str] = []
     for pattern in patterns:
+        if is_remote(str(pattern)):
+            files += expand_remote(str(pattern))
+            continue
         matches = sorted(glob.glob(str(pattern))) or [str(pattern)]
         for match in map(Path, matches):
             if match.is_dir():
@@ -51,7 +58,7 @@ def expand_inputs(spec: str | Sequence[str]) -> list[Path]:
                 files.append(match)
             else:
                 raise InputFormatError(f"input: {match} does not exist")
-    unknown = [f for f in files if f.suffix.lower() not in SUFFIXES]
+    unknown = [f for f in files if isinstance(f, Path) and f.suffix.lower() not in SUFFIXES]
     if unknown:
         raise InputFormatError(f"input: {unknown[0]} is not one of {', '.join(SUFFIXES)}")
     return files
@@ -122,16 +129,38 @@ def write_predictions(out: Path, ids: list[str], prediction: Prediction) -> None
         writer.writerows(rows)
 
 
+def is_root_input(item: Path | str) -> bool:
+    return isinstance(item, str) or item.suffix.lower() == ".root"
+
+
+def predict_root(predictor: Predictor, files: list[Path | str], out: Path, fmt: str) -> Path:
+    """Scores of every entry of every ROOT input, one file per input in `out`; failed files are listed."""
+    if out.suffix.lower() in (".csv", ".json"):
+        raise ConfigError(f"out: ROOT inputs are scored into a directory (one file per input), got {out}")
+    written, failed = score_files(predictor, [str(f) for f in files], out, fmt)
+    print(f"wrote {len(written)} score files to {out}" + (f"; {len(failed)} input file(s) failed:" if failed else ""))
+    for message in failed:
+        print(f"  {message}")
+    if failed:
+        raise SystemExit(1)
+    return out
+
+
 def predict(cfg: DictConfig) -> Path:
     out = Path(cfg.out)
-    if out.suffix.lower() not in (".csv", ".json"):
-        raise ConfigError(f"out: {out} should end in .csv or .json")
     try:
         predictor = Predictor(cfg.onnx, threads=cfg.threads, providers=cfg.providers)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
     spec = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else cfg.input
-    ids, prediction = predict_files(predictor, expand_inputs(spec), cfg.batch_size)
+    files = expand_inputs(spec)
+    if files and all(map(is_root_input, files)):
+        return predict_root(predictor, files, out, cfg.get("format", "root"))
+    if any(map(is_root_input, files)):
+        raise ConfigError("input: mix of ROOT files and other inputs; score ROOT files in a run of their own")
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise ConfigError(f"out: {out} should end in .csv or .json")
+    ids, prediction = predict_files(predictor, files, cfg.batch_size)
     write_predictions(out, ids, prediction)
     print(f"wrote {len(ids)} predictions to {out}")
     return out

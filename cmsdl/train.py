@@ -29,12 +29,14 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTE
 
 
 def complete_model_config(cfg: DictConfig, datamodule: Any) -> None:
-    """Fill in what only the data knows: network input size, number of outputs, class names."""
+    """Fill in what only the data knows and the network asks for (input size, set layout, ...), the number of
+    outputs and the class names."""
     binary_head = cfg.model.get("binary_head", True)
     with open_dict(cfg):
         cfg.model.class_names = datamodule.class_names
         for key, value in datamodule.net_inputs().items():
-            cfg.model.net[key] = value
+            if key in cfg.model.net.keys():  # `in` on the node is False for ??? values
+                cfg.model.net[key] = value
         cfg.model.net.out_features = output_size(datamodule.class_names, binary_head)
 
 

@@ -43,18 +43,22 @@ def experiment_data(tmp_path_factory: pytest.TempPathFactory, workflows_file: Pa
     from cmsdl.data.popularity import write_popularity
     from cmsdl.data.popularity_sim import simulate_popularity
     from cmsdl.data.transfer_sim import simulate_transfers, write_log
+    from cmsdl.ntuple.simulate import simulate_events, write_root
 
     root = tmp_path_factory.mktemp("experiment_data")
+    for i, process in enumerate(("ttbar", "qcd")):
+        write_root(root / "top" / f"{process}_000.root", simulate_events(process, 400, seed=i))
     popularity = write_popularity(root / "popularity.csv", simulate_popularity(n_datasets=300, n_weeks=16))
     transfers = write_log(root / "transfers.log", simulate_transfers(500)[0])
     return {"popularity": popularity, "transfer_class": transfers, "transfer_latency": transfers,
-            "workflow_actions": workflows_file}
+            "workflow_actions": workflows_file, "top_sb": root, "top_sb_deepsets": root}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_builds_data_model_and_trainer(composer, experiment: str, experiment_data: dict[str, Path]) -> None:
     data_file = experiment_data[experiment]
-    cfg = composer("train", [f"experiment={experiment}", "trainer=cpu", f"data.source.path={data_file}"])
+    data = f"paths.data_dir={data_file}" if experiment.startswith("top_sb") else f"data.source.path={data_file}"
+    cfg = composer("train", [f"experiment={experiment}", "trainer=cpu", data])
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     complete_model_config(cfg, datamodule)

@@ -81,8 +81,8 @@ def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
     (float32 features; uint8 images, which the image networks scale themselves, so the graph takes raw pixels)."""
     rows = []
     for split in ("test", "val"):
-        for x, _ in datamodule.split_loader(split):
-            rows.append(x)
+        for batch in datamodule.split_loader(split):
+            rows.append(batch[0])
             if sum(len(r) for r in rows) >= n:
                 break
         if rows:

@@ -19,6 +19,14 @@ from torchmetrics.classification import Accuracy, AUROC
 from cmsdl.models.base import TrainedNetwork
 
 
+Batch = tuple[torch.Tensor, ...]
+
+
+def unpack(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(features, labels, event weights or None) from a batch of two or three tensors."""
+    return batch[0], batch[1], batch[2] if len(batch) > 2 else None
+
+
 def output_size(class_names: Sequence[str], binary_head: bool) -> int:
     """Number of network outputs: 1 for a binary head, else one per class."""
     return 1 if binary_head and len(class_names) == 2 else len(class_names)
@@ -53,29 +61,34 @@ class Classifier(TrainedNetwork):
             return torch.stack([1 - p, p], dim=1)
         return torch.softmax(logits, dim=1)
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy, or with event weights their weighted mean (sum of w * loss / sum of w)."""
         if self.binary:
-            return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.float())
-        return F.cross_entropy(logits, y)
+            losses = F.binary_cross_entropy_with_logits(logits.reshape(-1), y.float(), reduction="none")
+        else:
+            losses = F.cross_entropy(logits, y, reduction="none")
+        if weight is None:
+            return losses.mean()
+        return (losses * weight).sum() / weight.sum().clamp_min(1e-12)
 
     def _metric_input(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.reshape(-1)) if self.binary else torch.softmax(logits, dim=1)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: Batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
+        x, y, weight = unpack(batch)
         logits = self(x)
-        loss = self._loss(logits, y)
+        loss = self._loss(logits, y, weight)
         metrics.update(self._metric_input(logits.detach()), y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Loss and accuracy are summed on the device and logged once per epoch: self.log or a torchmetrics
         update per step costs a good part of a small network's whole step (scripts/bench_train_overhead.py)."""
-        x, y = batch
+        x, y, weight = unpack(batch)
         logits = self(x)
-        loss = self._loss(logits, y)
+        loss = self._loss(logits, y, weight)
         with torch.no_grad():
             self._train_sums += torch.stack([loss * len(y), (self._predicted(logits) == y).sum()])
         self._train_count += len(y)
@@ -93,6 +106,6 @@ class Classifier(TrainedNetwork):
     def _predicted(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits.reshape(-1) > 0).long() if self.binary else logits.argmax(dim=1)
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        x, y = batch
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y, _ = unpack(batch)
         return {"probs": self.probabilities(self(x)), "labels": y}

@@ -1,0 +1,251 @@
+"""Reading feature tables from ROOT files, local or remote, in bounded chunks: the spec's branches → numpy rows.
+
+    units = plan_units(spec, step_size="50 MB")       # (file, entry range, class) work units, files opened once
+    for unit in units:
+        chunk = read_unit(spec, unit)                 # Chunk: features [n, F] float32, labels, weights, selected
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from cmsdl.errors import CmsdlError, ConfigError, InputFormatError, closest
+from cmsdl.ntuple.remote import expand_remote, is_remote, open_root
+from cmsdl.ntuple.spec import Collection, FeatureSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A range of entries of one file, with the class of the file (-1: the label comes from a branch)."""
+
+    path: str
+    label: int
+    entry_start: int
+    entry_stop: int
+
+    @property
+    def n_entries(self) -> int:
+        return self.entry_stop - self.entry_start
+
+
+@dataclass
+class Chunk:
+    """Feature rows of one unit, one per entry, in entry order; `selected` marks rows that pass the selection."""
+
+    entries: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    selected: np.ndarray
+
+    def take(self, mask: np.ndarray) -> Chunk:
+        return Chunk(self.entries[mask], self.features[mask], self.labels[mask], self.weights[mask],
+                     self.selected[mask])
+
+
+def expand_files(patterns: tuple[str, ...], where: str) -> list[str]:
+    """Globs expanded (sorted; remote ones through the server's listing); a pattern that matches nothing is an error."""
+    files: list[str] = []
+    for pattern in patterns:
+        matches = expand_remote(pattern) if is_remote(pattern) else sorted(glob.glob(pattern))
+        if not matches:
+            raise InputFormatError(f"{where}: {pattern} matches no file")
+        files += matches
+    return files
+
+
+def open_tree(path: str, spec: FeatureSpec, timeout_s: float = 30, retries: int = 3) -> Any:
+    """The spec's tree in `path`, with every branch the spec reads present (else one error naming them)."""
+    handle = open_root(path, timeout_s=timeout_s, retries=retries)
+    try:
+        tree = handle[spec.tree]
+    except Exception:
+        names = sorted({k.split(";")[0] for k, c in handle.classnames().items() if c == "TTree"})
+        hint = closest(spec.tree, names)
+        raise InputFormatError(f"{path}: no tree {spec.tree!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                               + f"; trees in the file: {', '.join(names) or 'none'}") from None
+    check_branches(tree, spec, path)
+    return tree
+
+
+def check_branches(tree: Any, spec: FeatureSpec, path: str) -> None:
+    """One error for the first branch the spec reads that the tree lacks, with the closest existing names."""
+    existing = set(tree.keys(recursive=True, full_paths=True)) | set(tree.keys(recursive=True, full_paths=False))
+    for name in spec.branches():
+        if name not in existing:
+            hint = closest(name, existing, n=5)
+            raise InputFormatError(
+                f"{path}: tree {spec.tree!r} has no branch {name!r}"
+                + (f"; closest: {', '.join(hint)}" if hint else f"; it has {len(existing)} branches, e.g. "
+                   + ", ".join(sorted(existing)[:12])))
+
+
+def plan_units(spec: FeatureSpec, step_size: int | str = "50 MB", timeout_s: float = 30,
+               retries: int = 3) -> list[Unit]:
+    """Work units of about `step_size` (entries, or bytes as "100 MB") for every file of every class."""
+    units: list[Unit] = []
+    for label, (class_name, patterns) in enumerate(spec.files.items()):
+        for path in expand_files(patterns, f"data.spec.files.{class_name}" if class_name else "data.spec.files"):
+            tree = open_tree(path, spec, timeout_s, retries)
+            units += file_units(path, tree, spec, -1 if spec.label else label, step_size)
+    if not units:
+        raise InputFormatError(f"data.spec.files: the files hold no entries in tree {spec.tree!r}")
+    return units
+
+
+def file_units(path: str, tree: Any, spec: FeatureSpec, label: int, step_size: int | str) -> list[Unit]:
+    """Entry ranges of one tree, `step_size` entries (an int) or bytes of the spec's branches (a string)."""
+    n = int(tree.num_entries)
+    if n == 0:
+        log.warning("%s: tree %s is empty", path, spec.tree)
+        return []
+    step = step_size if isinstance(step_size, int) else entries_for_bytes(tree, spec.branches(), step_size, n)
+    step = max(int(step), 1)
+    return [Unit(path, label, start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def entries_for_bytes(tree: Any, branches: list[str], size: str, n_entries: int) -> int:
+    """Entries whose uncompressed branch data make about `size` ("100 MB"), from the branches' metadata only
+    (uproot's num_entries_for reads basket headers, which fails over fsspec-xrootd)."""
+    import uproot
+
+    try:
+        limit = uproot._util.memory_size(size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.step_size: expected entries (an integer) or a size such as '100 MB', got {size!r}") from None
+    total = sum(tree[name].uncompressed_bytes for name in branches)
+    return max(1, int(limit * n_entries / max(total, 1)))
+
+
+def read_unit(spec: FeatureSpec, unit: Unit, tree: Any = None) -> Chunk:
+    """Feature rows of a unit's entries (all of them; `selected` says which pass the selection)."""
+    if tree is None:
+        tree = open_tree(unit.path, spec)
+    try:
+        arrays = tree.arrays(filter_name=spec.branches(), entry_start=unit.entry_start, entry_stop=unit.entry_stop,
+                             library="ak")
+    except CmsdlError:
+        raise
+    except Exception as err:
+        raise InputFormatError(f"{unit.path}: cannot read entries {unit.entry_start}-{unit.entry_stop} "
+                               f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    return compute_chunk(spec, {name: arrays[name] for name in arrays.fields}, unit)
+
+
+def compute_chunk(spec: FeatureSpec, arrays: Mapping[str, ak.Array], unit: Unit) -> Chunk:
+    """The spec applied to arrays of branches (by branch name) of the unit's entries."""
+    n = unit.n_entries
+    columns = {name: arrays[spec.branch(name)] for e in spec.expressions() for name in e.names}
+    parts = [_scalar(arrays[branch], f"{unit.path}: branch {branch!r} (flat column {col!r})", n)
+             for col, branch in spec.flat.items()]
+    parts += [_scalar(e.evaluate(columns), f"{unit.path}: data.spec.derived.{name}", n)
+              for name, e in spec.derived.items()]
+    for collection in spec.collections:
+        parts += collection_columns(collection, arrays, unit.path)
+    features = np.column_stack(parts).astype(np.float32) if parts else np.zeros((n, 0), np.float32)
+    bad = ~np.isfinite(features)
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise InputFormatError(f"{unit.path}: entry {unit.entry_start + row}: feature {spec.feature_names[col]!r} is "
+                               f"{features[row, col]} (expected a finite number)")
+    return Chunk(np.arange(unit.entry_start, unit.entry_stop, dtype=np.int64), features, _labels(spec, columns, unit),
+                 _weights(spec, columns, unit), _selection(spec, columns, unit))
+
+
+def _scalar(values: Any, where: str, n: int) -> np.ndarray:
+    """One number per entry; a list per entry is an error that says where lists belong."""
+    if isinstance(values, ak.Array) and values.ndim > 1:
+        raise ConfigError(f"{where}: holds a list per entry; use a collection, or a function such as sum(...) "
+                          "or first(...) in a derived expression")
+    array = np.asarray(ak.to_numpy(values) if isinstance(values, ak.Array) else values, dtype=np.float64)
+    if array.ndim == 0:
+        array = np.full(n, float(array))
+    if array.shape != (n,):
+        raise ConfigError(f"{where}: expected one number per entry, got shape {array.shape}")
+    return array
+
+
+def collection_columns(collection: Collection, arrays: Mapping[str, ak.Array], path: str) -> list[np.ndarray]:
+    """Multiplicity, then `length` slots of every field (sorted by `sort_by`, descending; padded; truncated)."""
+    fields = {f: _jagged(arrays[b], f"{path}: branch {b!r} (collection {collection.name})")
+              for f, b in collection.fields.items()}
+    counts = ak.to_numpy(ak.num(next(iter(fields.values())), axis=1))
+    for f, values in fields.items():
+        if not np.array_equal(ak.to_numpy(ak.num(values, axis=1)), counts):
+            raise InputFormatError(f"{path}: collection {collection.name}: branch {collection.fields[f]!r} has a "
+                                   "different number of elements per entry than the other fields")
+    if collection.sort_by:
+        order = ak.argsort(fields[collection.sort_by], axis=1, ascending=False, stable=True)
+        fields = {f: v[order] for f, v in fields.items()}
+    slots = [_padded(v, collection.length, collection.pad) for v in fields.values()]
+    block = np.stack(slots, axis=2).reshape(len(counts), -1)
+    return [counts.astype(np.float64), *block.T]
+
+
+def _jagged(values: ak.Array, where: str) -> ak.Array:
+    if values.ndim != 2:
+        raise ConfigError(f"{where}: expected a list per entry (a jagged branch), got {values.ndim - 1} levels")
+    if isinstance(ak.to_layout(values), ak.contents.RegularArray):
+        values = ak.from_regular(values, axis=1)
+    return values
+
+
+def _padded(values: ak.Array, length: int, pad: float) -> np.ndarray:
+    return ak.to_numpy(ak.fill_none(ak.pad_none(values, length, axis=1, clip=True), pad)).astype(np.float64)
+
+
+def _labels(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.ndarray:
+    if spec.label is None:
+        return np.full(unit.n_entries, unit.label, np.int64)
+    labels = _scalar(spec.label.evaluate(columns), f"{unit.path}: data.spec.label", unit.n_entries)
+    bad = (labels < 0) | (labels >= len(spec.class_names)) | (labels != np.round(labels))
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise InputFormatError(f"{unit.path}: entry {unit.entry_start + first}: label {labels[first]} is not a class "
+                               f"index 0..{len(spec.class_names) - 1} ({', '.join(spec.class_names)})")
+    return labels.astype(np.int64)
+
+
+def _weights(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.ndarray:
+    if spec.weight is None:
+        return np.ones(unit.n_entries, np.float32)
+    return _scalar(spec.weight.evaluate(columns), f"{unit.path}: data.spec.weight", unit.n_entries).astype(np.float32)
+
+
+def _selection(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.ndarray:
+    if spec.selection is None:
+        return np.ones(unit.n_entries, bool)
+    return _scalar(spec.selection.evaluate(columns), f"{unit.path}: data.spec.selection", unit.n_entries) != 0
+
+
+def split_of(path: str, entries: np.ndarray, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """0/1/2 (train/val/test) per entry, from a hash of the file's name and the entry number: stable whatever the
+    chunking, the order of files, or whether the file is read locally or over XRootD."""
+    key = np.uint64(zlib.crc32(f"{seed}:{PurePosixPath(path.split('?')[0]).name}".encode()))
+    with np.errstate(over="ignore"):
+        x = entries.astype(np.uint64) + key * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.searchsorted(np.cumsum(fractions)[:2], u, side="right").astype(np.int8)
+
+
+def iterate_units(spec: FeatureSpec, units: list[Unit]) -> Iterator[tuple[Unit, Chunk]]:
+    """Chunks of the units in order, each file opened once for its consecutive units."""
+    tree, current = None, None
+    for unit in units:
+        if unit.path != current:
+            tree, current = open_tree(unit.path, spec), unit.path
+        yield unit, read_unit(spec, unit, tree)
