@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -14,10 +15,11 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from PIL import Image
 
-from cmsdl.hits.png import decode_png
+from cmsdl.hits.png import MODES, decode_png, encode_png, encode_pngs
 from cmsdl.hits.read import Chunk
-from cmsdl.hits.render import regularize_spec, render_chunk, render_event
+from cmsdl.hits.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
 from cmsdl.hits.simulate import simulate_events, write_root
 from conftest import REPO, run_cmsdl
 
@@ -46,6 +48,33 @@ def test_chunk_rendering_matches_a_per_event_histogram() -> None:
         assert images.shape == reference.shape and images.dtype == np.uint8
         assert (images != reference).mean() < 1e-3 and images.max() > 0
 
+
+
+@pytest.mark.parametrize("ranges", [(-110.0, 110.0), (0.0, 110.0)])
+def test_radius_shortcut_gives_the_hypot_pixel_next_to_pixel_edges(ranges: tuple[float, float]) -> None:
+    rng = np.random.default_rng(3)
+    n = 200_000
+    edge = (rng.integers(1, 64, n) * 220 / 64 - 110) * (1 + rng.integers(-4, 5, n) * 2.2e-16)
+    angle = rng.uniform(0, np.pi, n)
+    hits = {"x": edge * np.cos(angle), "y": np.abs(edge) * np.sin(angle) * np.sign(edge)}
+    hits["x"][:4], hits["y"][:4] = [1e200, 1e-170, 3.0, np.inf], [1.0, -1e-160, -0.0, np.nan]
+    exact = floored(coordinates(hits, "r"), *ranges, 64)
+    assert np.array_equal(floored_radius(hits, *ranges, 64), exact, equal_nan=True)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_writer_round_trips_through_pillow(channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    images = (rng.integers(0, 256, (3, channels, 9, 13)) * (rng.random((3, channels, 9, 13)) < 0.2)).astype(np.uint8)
+    for level in (0, 1, 9):
+        pngs = encode_pngs(images, level)
+        assert pngs == [encode_png(image, level) for image in images]
+        for data, image in zip(pngs, images):
+            with Image.open(io.BytesIO(data)) as img:
+                assert img.mode == MODES[channels]
+                pixels = np.asarray(img).reshape(9, 13, -1)
+            assert np.array_equal(np.moveaxis(pixels[..., :channels], -1, 0), image)
+            assert not pixels[..., channels:].any()
 
 def foreign_files(folder: Path) -> tuple[Path, Path]:
     """Files as another program writes them: mm units, dotted/slashed names, two trees, labels in a branch."""

@@ -1,4 +1,4 @@
-"""Hits → event images, a whole chunk of events at once (one np.bincount per chunk, no per-event loop).
+"""Hits → event images, a whole chunk of events at once (one sort per cache-sized block of events, no per-event loop).
 
 Projections: `xy` (transverse; x right, y up), `rz` (longitudinal; z right, r·sign(y) up) and `eta-phi`
 (eta right, phi up). Channels are either the projections (one channel each) or subdetector groups of one
@@ -19,6 +19,8 @@ PROJECTIONS = {"xy": ("x", "y"), "rz": ("z", "r"), "eta-phi": ("eta", "phi")}
 DEFAULT_RANGES = {"x": (-110.0, 110.0), "y": (-110.0, 110.0), "z": (-280.0, 280.0), "r": (-110.0, 110.0),
                   "eta": (-3.0, 3.0), "phi": (-np.pi, np.pi)}
 DEFAULT_GROUPS = {"pixel": (0, 1), "strip": (2, 3)}
+BLOCK_HITS = 1 << 15  # hits rendered together: the arrays of a block stay in the CPU cache
+EDGE_MARGIN = 1e-9  # relative distance to a pixel edge under which r is recomputed with np.hypot
 
 
 @dataclass(frozen=True)
@@ -77,28 +79,63 @@ def coordinates(hits: Mapping[str, np.ndarray], axis: str) -> np.ndarray:
     """One coordinate of every hit, computed from x/y/z when the file does not hold it."""
     if axis in hits:
         return hits[axis]
-    x, y, z = hits["x"], hits["y"], hits["z"]
+    if axis not in ("r", "eta", "phi"):
+        raise ConfigError(f"projection axis {axis!r} needs branches x, y, z or {axis}")
+    x, y = hits["x"], hits["y"]
+    if axis == "phi":
+        return np.arctan2(y, x)
     rho = np.hypot(x, y)
     if axis == "r":
         return np.where(y >= 0, rho, -rho)
-    if axis == "eta":
-        return np.arcsinh(z / np.maximum(rho, 1e-9))
-    if axis == "phi":
-        return np.arctan2(y, x)
-    raise ConfigError(f"projection axis {axis!r} needs branches x, y, z or {axis}")
+    return np.arcsinh(hits["z"] / np.maximum(rho, 1e-9))
 
 
-def pixel_index(values: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel column of each value and whether it lies inside [lo, hi)."""
-    index = np.floor((values - lo) * (n / (hi - lo))).astype(np.int64)
-    return np.clip(index, 0, n - 1), (index >= 0) & (index < n)
+def floored(values: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
+    """floor((values - lo) · n / (hi - lo)) in the dtype of `values`: the pixel column, as a float, of each value."""
+    scaled = values - lo
+    scaled *= n / (hi - lo)
+    return np.floor(scaled, out=scaled)
 
 
-def channel_of_hits(chunk: Chunk, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(projection, channel) per image channel: for projections one row per hit, for subdetectors a lookup."""
-    if spec.channels == "projections":
-        return np.zeros(len(chunk.row), np.int64), np.ones(len(chunk.row), bool)
-    ids = chunk.hits.get(spec.group_by)
+def floored_radius(hits: Mapping[str, np.ndarray], lo: float, hi: float, n: int) -> np.ndarray:
+    """floored(coordinates(hits, "r"), ...), with sqrt(x² + y²) for np.hypot except where they could differ.
+
+    The two radii differ by a few units in the last place at most, so only a pixel index that lies within
+    EDGE_MARGIN of a pixel edge (or comes from a tiny, underflowing or non-finite radius) is redone with np.hypot.
+    """
+    x, y = hits["x"], hits["y"]
+    if "r" in hits or x.dtype != np.float64 or y.dtype != np.float64:
+        return floored(coordinates(hits, "r"), lo, hi, n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = x * x
+        sign = y * y
+        scaled += sign
+        np.sqrt(scaled, out=scaled)
+        doubtful = scaled < 1e-150
+        np.add(y, 0.0, out=sign)
+        np.copysign(scaled, sign, out=scaled)
+        scaled -= lo
+        scaled *= n / (hi - lo)
+        pixel = np.floor(scaled)
+        scaled -= pixel
+    margin = EDGE_MARGIN * (n + 2 + abs(lo) * n / (hi - lo))
+    doubtful |= ~((scaled >= margin) & (scaled <= 1 - margin))
+    redo = np.flatnonzero(doubtful)
+    if len(redo):
+        pixel[redo] = floored(coordinates({"x": x[redo], "y": y[redo]}, "r"), lo, hi, n)
+    return pixel
+
+
+def axis_pixels(hits: Mapping[str, np.ndarray], axis: str, lo: float, hi: float, n: int) -> np.ndarray:
+    """The floored pixel coordinate of every hit along one axis of a projection."""
+    if axis == "r":
+        return floored_radius(hits, lo, hi, n)
+    return floored(coordinates(hits, axis), lo, hi, n)
+
+
+def subdetector_channels(hits: Mapping[str, np.ndarray], spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Image channel of each hit from its subdetector id, and whether the id belongs to a group."""
+    ids = hits.get(spec.group_by)
     if ids is None:
         raise ConfigError(f"channels=subdetectors needs the {spec.group_by!r} branch mapped (branches.{spec.group_by})")
     lookup = np.full(int(max(max(g) for g in spec.groups.values()) + 1), -1, np.int64)
@@ -110,41 +147,107 @@ def channel_of_hits(chunk: Chunk, spec: ImageSpec) -> tuple[np.ndarray, np.ndarr
     return np.maximum(channel, 0), channel >= 0
 
 
+def hit_blocks(row: np.ndarray, target: int = BLOCK_HITS) -> list[tuple[int, int]]:
+    """Hit ranges of whole events of about `target` hits (cache-sized); one range when rows are not in order."""
+    n = len(row)
+    if n <= target or not np.all(row[1:] >= row[:-1]):
+        return [(0, n)]
+    cuts = np.searchsorted(row, row[target::target], side="left")
+    edges = np.unique(np.r_[0, cuts, n])
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def flat_pixels(hits: Mapping[str, np.ndarray], row: np.ndarray, spec: ImageSpec, outside: int) -> np.ndarray:
+    """Flat image index (event, channel, image row, column) of every hit of every projection; `outside` if off range."""
+    h, w = spec.size
+    dtype = np.int32 if outside < 2**31 else np.int64
+    base = row.astype(dtype) * (len(spec.channel_names) * h * w) + (h - 1) * w
+    ok = None
+    if spec.channels == "subdetectors":
+        channel, ok = subdetector_channels(hits, spec)
+        base += channel.astype(dtype) * (h * w)
+    n = len(row)
+    flat = np.empty(len(spec.projections) * n, dtype)
+    for p, name in enumerate(spec.projections):
+        u_axis, v_axis = PROJECTIONS[name]
+        u = axis_pixels(hits, u_axis, *spec.ranges[u_axis], w)
+        v = axis_pixels(hits, v_axis, *spec.ranges[v_axis], h)
+        inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        if ok is not None:
+            inside &= ok
+        part = flat[p * n:(p + 1) * n]
+        with np.errstate(invalid="ignore"):
+            v *= -w
+            v += u
+            np.copyto(part, v, casting="unsafe")
+        part += base
+        if p:
+            part += p * h * w
+        part[~inside] = outside
+    return flat
+
+
+def count_lut(saturation: float) -> np.ndarray | None:
+    """to_uint8 of hit counts 0, 1, ... up to the first count that gives 255 (None for a huge saturation)."""
+    if saturation > 1e4:
+        return None
+    lut = to_uint8(np.arange(int(np.ceil(saturation)) + 2, dtype=np.float64), saturation)
+    return lut if lut[-1] == 255 else None
+
+
+def count_by_pixel(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct pixel indices (sorted) and the number of hits in each."""
+    ordered = np.sort(flat)
+    first = np.empty(len(ordered), bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1:] = len(ordered) - starts[-1:]
+    return ordered[starts], counts
+
+
+def pixel_values(flat: np.ndarray, weights: np.ndarray | None, outside: int, saturation: float,
+                 lut: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The non-empty pixels of a block of events and their uint8 values; hits marked `outside` are left out."""
+    if weights is not None:
+        keep = flat != outside
+        pixels, sums = sum_by_pixel(flat[keep], weights[keep])
+        return pixels, to_uint8(sums, saturation)
+    pixels, counts = count_by_pixel(flat)
+    if len(pixels) and pixels[-1] == outside:
+        pixels, counts = pixels[:-1], counts[:-1]
+    if lut is None:
+        return pixels, to_uint8(counts.astype(np.float64), saturation)
+    return pixels, lut[np.minimum(counts, len(lut) - 1)]
+
+
 def render_chunk(chunk: Chunk, spec: ImageSpec) -> np.ndarray:
     """All events of a chunk as uint8 images, shape (events, channels, height, width).
 
-    The flat pixel index of every hit of every projection is sorted once and summed per pixel; only the
-    non-empty pixels (a few percent of a sparse event image) are touched, never a dense float histogram.
+    Cache-sized blocks of whole events; in each, one flat index per hit and projection, sorted once and counted
+    (or weights summed) per pixel: only the non-empty pixels (a few percent of a sparse image) are touched.
     """
     h, w = spec.size
     n_channels = len(spec.channel_names)
-    weight = chunk.hits.get("weight")
-    sub_channel, sub_ok = channel_of_hits(chunk, spec)
-    flat_parts, keep_parts = [], []
-    for p, name in enumerate(spec.projections):
-        u_axis, v_axis = PROJECTIONS[name]
-        col, ok_u = pixel_index(coordinates(chunk.hits, u_axis), *spec.ranges[u_axis], w)
-        row, ok_v = pixel_index(coordinates(chunk.hits, v_axis), *spec.ranges[v_axis], h)
-        channel = sub_channel if spec.channels == "subdetectors" else p
-        flat_parts.append(((chunk.row * n_channels + channel) * h + (h - 1 - row)) * w + col)
-        keep_parts.append(ok_u & ok_v & sub_ok)
-    keep = np.concatenate(keep_parts)
-    size = chunk.n_events * n_channels * h * w
-    flat = np.concatenate(flat_parts)[keep].astype(np.int32 if size < 2**31 else np.int64)
-    weights = None if weight is None else np.tile(weight.astype(np.float64), len(spec.projections))[keep]
-    pixels, sums = sum_by_pixel(flat, weights)
-    images = np.zeros(size, np.uint8)
-    images[pixels] = to_uint8(sums, spec.saturation)
+    images = np.zeros(chunk.n_events * n_channels * h * w, np.uint8)
+    lut = count_lut(spec.saturation)
+    for start, stop in hit_blocks(chunk.row):
+        hits = {k: v[start:stop] for k, v in chunk.hits.items()}
+        flat = flat_pixels(hits, chunk.row[start:stop], spec, len(images))
+        weight = hits.get("weight")
+        weights = None if weight is None else np.tile(weight.astype(np.float64), len(spec.projections))
+        pixels, values = pixel_values(flat, weights, len(images), spec.saturation, lut)
+        images[pixels.astype(np.intp)] = values
     return images.reshape(chunk.n_events, n_channels, h, w)
 
 
-def sum_by_pixel(flat: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct pixel indices and the summed weight (or hit count) of each: a sort, not a dense histogram."""
-    order = np.argsort(flat, kind="stable") if weights is not None else None
-    ordered = flat[order] if order is not None else np.sort(flat)
+def sum_by_pixel(flat: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct pixel indices (sorted) and the summed weight of each, added in hit order."""
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.zeros(0, np.int64)
-    if weights is None:
-        return ordered[starts], np.diff(np.r_[starts, len(ordered)]).astype(np.float64)
     return ordered[starts], np.add.reduceat(weights[order], starts) if len(starts) else np.zeros(0)
 
 
