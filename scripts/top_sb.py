@@ -38,20 +38,21 @@ def network_scores(work: Path, name: str, experiment: str, extra: list[str]) -> 
     """Train and evaluate one network (reused when done); test-split scores by event id, and run facts."""
     logs = work / "logs"
     done = logs / "eval" / "runs" / name / "predictions.csv"
-    start = time.perf_counter()
+    facts_file = logs / f"{name}.facts.json"
     if not done.is_file():
+        start = time.perf_counter()
         cmsdl("train", f"experiment={experiment}", f"paths.data_dir={work / 'data'}", f"paths.log_dir={logs}",
               f"run_name={name}", "callbacks.progress_bar.refresh_rate=0", *extra)
         trained = json.loads((logs / "train" / "runs" / name / "metrics.json").read_text())
+        facts_file.write_text(json.dumps({"epochs": trained["epochs"], "minutes": (time.perf_counter() - start) / 60}))
         cmsdl("eval", f"ckpt={trained['best_checkpoint']}", f"paths.log_dir={logs}", f"run_name={name}")
-    trained = json.loads((logs / "train" / "runs" / name / "metrics.json").read_text())
     with done.open() as handle:
         scores = {row["id"]: float(row["p_ttbar"]) for row in csv.DictReader(handle)}
-    return scores, {"epochs": trained["epochs"], "minutes": (time.perf_counter() - start) / 60}
+    return scores, json.loads(facts_file.read_text())
 
 
 def datamodule(work: Path) -> RootTableDataModule:
-    data = OmegaConf.load(config_dir() / "data" / "root_table.yaml")
+    data = OmegaConf.load(Path(config_dir()) / "data" / "root_table.yaml")
     data.spec.files = {"ttbar": [str(work / "data/top/ttbar_*.root")], "qcd": [str(work / "data/top/qcd_*.root")]}
     settings = OmegaConf.to_container(data)
     settings.pop("_target_")
@@ -59,16 +60,18 @@ def datamodule(work: Path) -> RootTableDataModule:
     return RootTableDataModule(**settings)
 
 
-def boosting_scores(work: Path) -> tuple[dict[str, float], np.ndarray, dict]:
-    """Boosted trees on the training rows; test scores by event id, and the test labels in loader order."""
+def boosting_scores(work: Path) -> tuple[dict[str, float], np.ndarray, np.ndarray, dict]:
+    """Boosted trees on the training rows; test scores by event id, the test labels and event weights in loader
+    order."""
     dm = datamodule(work)
     start = time.perf_counter()
     model = fit_boosting(dm)
     minutes = (time.perf_counter() - start) / 60
     ids = dm.split_ids("test")
-    xs, ys = zip(*((b[0].numpy(), b[1].numpy()) for b in dm.split_loader("test")))
+    xs, ys, ws = zip(*((b[0].numpy(), b[1].numpy(), b[2].numpy()) for b in dm.split_loader("test")))
     probs = model.predict_proba(np.concatenate(xs))[:, dm.class_names.index("ttbar")]
-    return dict(zip(ids, probs)), np.concatenate(ys), {"iterations": int(model.n_iter_), "minutes": minutes}
+    facts = {"iterations": int(model.n_iter_), "minutes": minutes}
+    return dict(zip(ids, probs)), np.concatenate(ys), np.concatenate(ws), facts
 
 
 def plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
@@ -76,7 +79,7 @@ def plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) ->
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for label, (fpr, tpr, auc) in curves.items():
         ax.plot(tpr, np.maximum(fpr, 1e-5), label=f"{label} (AUC {auc:.3f})")
-    ax.set(xlabel="signal efficiency (ttbar)", ylabel="background efficiency (QCD)", yscale="log",
+    ax.set(xlabel="signal efficiency (ttbar)", ylabel="background efficiency (QCD, weighted)", yscale="log",
            title="all-hadronic ttbar vs QCD multijet (test split)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -93,24 +96,27 @@ def main() -> None:
     work = args.work.resolve()
     if not list((work / "data/top").glob("ttbar_*.root")):
         cmsdl("simulate-top", f"out={work / 'data/top'}", f"n_events={args.events}", "progress=false")
-    boosted, labels, boost_facts = boosting_scores(work)
+    boosted, labels, weights, boost_facts = boosting_scores(work)
     ids = list(boosted)
     results = {"Gradient boosting (sklearn HistGBT)": ([boosted[i] for i in ids], boost_facts)}
     for name, (experiment, label) in MODELS.items():
         scores, facts = network_scores(work, name, experiment, args.overrides)
         results[label] = ([scores[i] for i in ids], facts)
     curves = {}
-    rows = ["| Model | test AUC | cost |", "|---|---|---|"]
+    rows = ["| Model | test AUC | test AUC, events weighted by genWeight | cost |", "|---|---|---|---|"]
     for label, (scores, facts) in results.items():
-        fpr, tpr, _ = roc_curve(labels == 0, scores)
+        fpr, tpr, _ = roc_curve(labels == 0, scores, sample_weight=weights)
         auc = roc_auc_score(labels == 0, scores)
-        curves[label] = (fpr, tpr, auc)
+        weighted = roc_auc_score(labels == 0, scores, sample_weight=weights)
+        curves[label] = (fpr, tpr, weighted)
         cost = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in facts.items())
-        rows.append(f"| {label} | {auc:.4f} | {cost} |")
+        rows.append(f"| {label} | {auc:.4f} | {weighted:.4f} | {cost} |")
     png = args.out.with_suffix(".png")
     plot(curves, png)
     text = (f"# ttbar vs QCD on synthetic NanoAOD ({args.events} events per process, {len(ids)} test events)\n\n"
-            f"Written by `python scripts/top_sb.py --events {args.events} {' '.join(args.overrides)}`.\n\n"
+            f"Written by `python scripts/top_sb.py --events {args.events} {' '.join(args.overrides)}` (CPU minutes on "
+            "a 2-core machine). The networks train with the events' genWeight, every class normalised to the same "
+            "total; the ROC curves weight the test events the same way.\n\n"
             + "\n".join(rows) + f"\n\n![ROC curves]({png.name})\n")
     args.out.write_text(text)
     print(text)
