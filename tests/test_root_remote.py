@@ -1,10 +1,13 @@
-"""ROOT tables over root:// from a real XRootD server on loopback: the same rows as local reading, training and
+"""ROOT tables over root:// from a real XRootD server (and over http://) on loopback: the same rows as local reading, training and
 scoring from the server, and one clear error when the server is down."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +74,59 @@ def test_stopped_server_is_one_clear_error(stoppable_xrootd_server, tmp_path: Pa
     server.stop()
     with pytest.raises(InputFormatError, match=r"ttbar_000.root: cannot reach the XRootD server 127.0.0.1:\d+ after 2"):
         RootTableDataModule({**SPEC, "files": files}, retries=2, progress=False).setup()
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the files of `server.directory` with byte ranges (uproot reads remote ROOT files in ranges)."""
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def _respond(self, body: bool) -> None:
+        path = self.server.directory / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        wanted = self.headers.get("Range")
+        if wanted:
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            start, stop = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            part = data[start:stop + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{stop}/{len(data)}")
+        else:
+            part = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(part)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if body:
+            self.wfile.write(part)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_files(served: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[str]]]:
+    """The local files behind an HTTP server on loopback that honours byte ranges."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    server.directory = Path(served["local"]["ttbar"][0]).parent
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield {p: [f"{base}/{p}_{part:03d}.root" for part in range(2)] for p in ("ttbar", "qcd")}
+    server.shutdown()
+
+
+def test_http_rows_equal_local_rows(served: dict, http_files: dict[str, list[str]]) -> None:
+    x_local, _, ids_local = rows(served["local"], "test")
+    x_http, _, ids_http = rows(http_files, "test")
+    assert ids_http == ids_local and np.array_equal(x_local, x_http)
+    missing = {"ttbar": [http_files["ttbar"][0].replace("ttbar_000", "nothing")], "qcd": http_files["qcd"]}
+    with pytest.raises(InputFormatError, match=r"nothing.root: no such file on the server"):
+        RootTableDataModule({**SPEC, "files": missing}, progress=False).setup()

@@ -222,3 +222,23 @@ def test_ddp_ranks_read_disjoint_units_and_get_equal_batches(nano: dict[str, lis
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["batches"] == ranks[1]["batches"] > 0
     assert not set(ranks[0]["ids"]) & set(ranks[1]["ids"])
+
+
+@pytest.mark.parametrize("presorted", [True, False])
+def test_collection_slots_match_a_sort_and_pad_reference(presorted: bool) -> None:
+    from cmsdl.ntuple.read import fill_collection
+    from cmsdl.ntuple.spec import Collection
+
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 7, 400)
+    pt = ak.unflatten(rng.exponential(30, counts.sum()).astype(np.float32), counts)
+    if presorted:
+        pt = pt[ak.argsort(pt, axis=1, ascending=False)]
+    eta = pt * 0.01 - 1
+    collection = Collection("jet", {"pt": "Jet_pt", "eta": "Jet_eta"}, length=4, sort_by="pt", pad=-9.0)
+    out = np.zeros((400, 9), np.float32)
+    fill_collection(collection, {"Jet_pt": pt, "Jet_eta": eta}, "f.root", out)
+    order = ak.argsort(pt, axis=1, ascending=False, stable=True)
+    reference = [ak.to_numpy(ak.fill_none(ak.pad_none(v[order], 4, axis=1, clip=True), -9.0)) for v in (pt, eta)]
+    assert np.array_equal(out[:, 0], counts)
+    assert np.array_equal(out[:, 1:].reshape(400, 4, 2), np.stack(reference, axis=2).astype(np.float32))

@@ -59,8 +59,8 @@ class RowSource:
             return
         by_unit = {u: i for i, u in enumerate(self.units)}
         for unit, chunk in iterate_units(self.spec, [self.units[i] for i in indices]):
-            chunk = chunk.take(chunk.selected)
-            yield by_unit[unit], chunk.take(split_of(unit.path, chunk.entries, self.split, self.seed) == split_index)
+            in_split = split_of(unit.path, chunk.entries, self.split, self.seed) == split_index
+            yield by_unit[unit], chunk.take(chunk.selected & in_split)
 
 
 class FeatureStream(IterableDataset):
@@ -86,7 +86,9 @@ class FeatureStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         units, limit = self._shard()
-        rng = np.random.default_rng([self.module.seed, self.epoch, *(u for u in units[:1])])
+        m = self.module
+        self.scaling = (m.mean, m.std, m.class_factors)
+        rng = np.random.default_rng([m.seed, self.epoch, *(u for u in units[:1])])
         self.epoch += 1
         if self.shuffle:
             units = list(rng.permutation(units))
@@ -113,19 +115,19 @@ class FeatureStream(IterableDataset):
             yield from self._cut(rows, unit_of, rng.permutation(len(unit_of)) if self.shuffle else np.arange(len(unit_of)))
 
     def _cut(self, rows: Chunk, unit_of: np.ndarray, order: np.ndarray) -> Iterator[Any]:
-        for start in range(0, len(order), self.batch_size):
-            yield self._batch(rows, unit_of, order[start:start + self.batch_size])
-
-    def _batch(self, rows: Chunk, unit_of: np.ndarray, take: np.ndarray) -> Any:
-        m = self.module
+        """Batches of the rows in `order`, standardised (and weighted) once for the whole buffer."""
         if self.ids:
-            return [f"{m.units[unit_of[i]].path}:{rows.entries[i]}" for i in take]
-        x = torch.from_numpy((rows.features[take] - m.mean) / m.std)
-        y = torch.from_numpy(rows.labels[take])
-        if m.spec.weight is None:
-            return x, y
-        w = rows.weights[take] * m.class_factors[rows.labels[take]]
-        return x, y, torch.from_numpy(w.astype(np.float32))
+            for start in range(0, len(order), self.batch_size):
+                yield [f"{self.module.units[unit_of[i]].path}:{rows.entries[i]}" for i in order[start:start + self.batch_size]]
+            return
+        mean, std, class_factors = self.scaling
+        x = (rows.features - mean) / std
+        weights = (rows.weights * class_factors[rows.labels]).astype(np.float32)
+        weighted = self.module.spec.weight is not None
+        for start in range(0, len(order), self.batch_size):
+            take = order[start:start + self.batch_size]
+            batch = (torch.from_numpy(x[take]), torch.from_numpy(rows.labels[take]))
+            yield (*batch, torch.from_numpy(weights[take])) if weighted else batch
 
 
 def merge(parts: list[tuple[Chunk, np.ndarray]]) -> tuple[Chunk, np.ndarray]:

@@ -134,7 +134,7 @@ def read_unit(spec: FeatureSpec, unit: Unit, tree: Any = None) -> Chunk:
         tree = open_tree(unit.path, spec)
     try:
         arrays = tree.arrays(filter_name=spec.branches(), entry_start=unit.entry_start, entry_stop=unit.entry_stop,
-                             library="ak")
+                             library="ak", array_cache=None)  # uproot's per-file cache would keep every unit alive
     except CmsdlError:
         raise
     except Exception as err:
@@ -144,16 +144,22 @@ def read_unit(spec: FeatureSpec, unit: Unit, tree: Any = None) -> Chunk:
 
 
 def compute_chunk(spec: FeatureSpec, arrays: Mapping[str, ak.Array], unit: Unit) -> Chunk:
-    """The spec applied to arrays of branches (by branch name) of the unit's entries."""
+    """The spec applied to arrays of branches (by branch name) of the unit's entries: every column is written
+    straight into one float32 table."""
     n = unit.n_entries
     columns = {name: arrays[spec.branch(name)] for e in spec.expressions() for name in e.names}
-    parts = [_scalar(arrays[branch], f"{unit.path}: branch {branch!r} (flat column {col!r})", n)
-             for col, branch in spec.flat.items()]
-    parts += [_scalar(e.evaluate(columns), f"{unit.path}: data.spec.derived.{name}", n)
-              for name, e in spec.derived.items()]
+    features = np.empty((n, len(spec.feature_names)), np.float32)
+    col = 0
+    for name, branch in spec.flat.items():
+        features[:, col] = _scalar(arrays[branch], f"{unit.path}: branch {branch!r} (flat column {name!r})", n)
+        col += 1
+    for name, e in spec.derived.items():
+        features[:, col] = _scalar(e.evaluate(columns), f"{unit.path}: data.spec.derived.{name}", n)
+        col += 1
     for collection in spec.collections:
-        parts += collection_columns(collection, arrays, unit.path)
-    features = np.column_stack(parts).astype(np.float32) if parts else np.zeros((n, 0), np.float32)
+        width = 1 + collection.length * len(collection.fields)
+        fill_collection(collection, arrays, unit.path, features[:, col:col + width])
+        col += width
     bad = ~np.isfinite(features)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
@@ -176,33 +182,47 @@ def _scalar(values: Any, where: str, n: int) -> np.ndarray:
     return array
 
 
-def collection_columns(collection: Collection, arrays: Mapping[str, ak.Array], path: str) -> list[np.ndarray]:
-    """Multiplicity, then `length` slots of every field (sorted by `sort_by`, descending; padded; truncated)."""
-    fields = {f: _jagged(arrays[b], f"{path}: branch {b!r} (collection {collection.name})")
-              for f, b in collection.fields.items()}
-    counts = ak.to_numpy(ak.num(next(iter(fields.values())), axis=1))
-    for f, values in fields.items():
-        if not np.array_equal(ak.to_numpy(ak.num(values, axis=1)), counts):
+def fill_collection(collection: Collection, arrays: Mapping[str, ak.Array], path: str, out: np.ndarray) -> None:
+    """Write the multiplicity and `length` slots of every field (sorted by `sort_by`, descending; padded;
+    truncated) into `out` [entries, 1 + length * fields]: one gather from a table of all elements plus a pad row."""
+    lists = {f: _flat_lists(arrays[b], f"{path}: branch {b!r} (collection {collection.name})")
+             for f, b in collection.fields.items()}
+    offsets = next(iter(lists.values()))[0]
+    for f, (other, _) in lists.items():
+        if not np.array_equal(other, offsets):
             raise InputFormatError(f"{path}: collection {collection.name}: branch {collection.fields[f]!r} has a "
                                    "different number of elements per entry than the other fields")
-    if collection.sort_by:
-        order = ak.argsort(fields[collection.sort_by], axis=1, ascending=False, stable=True)
-        fields = {f: v[order] for f, v in fields.items()}
-    slots = [_padded(v, collection.length, collection.pad) for v in fields.values()]
-    block = np.stack(slots, axis=2).reshape(len(counts), -1)
-    return [counts.astype(np.float64), *block.T]
+    n, total, slots = len(offsets) - 1, int(offsets[-1]), np.arange(collection.length)
+    counts = np.diff(offsets)
+    table = np.empty((total + 1, len(lists)), np.float32)
+    for k, (_, content) in enumerate(lists.values()):
+        table[:total, k] = content
+    table[total] = collection.pad
+    local = np.broadcast_to(slots, (n, collection.length))
+    if collection.sort_by and total and not _descending(offsets, lists[collection.sort_by][1]):
+        key = ak.unflatten(lists[collection.sort_by][1], counts)
+        order = ak.to_numpy(ak.flatten(ak.argsort(key, axis=1, ascending=False, stable=True)))
+        local = order[np.minimum(offsets[:-1, None] + slots, total - 1)]
+    source = np.where(slots < counts[:, None], offsets[:-1, None] + local, total)
+    out[:, 0] = counts
+    out[:, 1:] = table.take(source.reshape(-1), axis=0).reshape(n, -1)
 
 
-def _jagged(values: ak.Array, where: str) -> ak.Array:
+def _flat_lists(values: ak.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, flat content) of a list-per-entry array."""
     if values.ndim != 2:
         raise ConfigError(f"{where}: expected a list per entry (a jagged branch), got {values.ndim - 1} levels")
-    if isinstance(ak.to_layout(values), ak.contents.RegularArray):
-        values = ak.from_regular(values, axis=1)
-    return values
+    values = ak.to_packed(ak.from_regular(values, axis=1) if isinstance(ak.to_layout(values), ak.contents.RegularArray)
+                          else values)
+    offsets = np.asarray(ak.to_layout(values).offsets, dtype=np.int64)
+    return offsets - offsets[0], ak.to_numpy(ak.flatten(values, axis=1))
 
 
-def _padded(values: ak.Array, length: int, pad: float) -> np.ndarray:
-    return ak.to_numpy(ak.fill_none(ak.pad_none(values, length, axis=1, clip=True), pad)).astype(np.float64)
+def _descending(offsets: np.ndarray, key: np.ndarray) -> bool:
+    """Whether `key` is already non-increasing within every entry (NanoAOD jets are sorted by pt)."""
+    rising = np.diff(key) > 0
+    rising[offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] <= len(rising))] - 1] = False
+    return not rising.any()
 
 
 def _labels(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.ndarray:
@@ -245,7 +265,13 @@ def split_of(path: str, entries: np.ndarray, fractions: tuple[float, float, floa
 def iterate_units(spec: FeatureSpec, units: list[Unit]) -> Iterator[tuple[Unit, Chunk]]:
     """Chunks of the units in order, each file opened once for its consecutive units."""
     tree, current = None, None
-    for unit in units:
-        if unit.path != current:
-            tree, current = open_tree(unit.path, spec), unit.path
-        yield unit, read_unit(spec, unit, tree)
+    try:
+        for unit in units:
+            if unit.path != current:
+                if tree is not None:
+                    tree.file.close()
+                tree, current = open_tree(unit.path, spec), unit.path
+            yield unit, read_unit(spec, unit, tree)
+    finally:
+        if tree is not None:
+            tree.file.close()
