@@ -117,14 +117,17 @@ def file_units(path: str, tree: Any, spec: FeatureSpec, label: int, step_size: i
 
 def entries_for_bytes(tree: Any, branches: list[str], size: str, n_entries: int) -> int:
     """Entries whose uncompressed branch data make about `size` ("100 MB"), from the branches' metadata only
-    (uproot's num_entries_for reads basket headers, which fails over fsspec-xrootd)."""
+    (uproot's num_entries_for reads basket headers, which fails over fsspec-xrootd); RNTuples use uproot's estimate."""
     import uproot
 
     try:
         limit = uproot._util.memory_size(size)
     except (TypeError, ValueError):
         raise ConfigError(f"data.step_size: expected entries (an integer) or a size such as '100 MB', got {size!r}") from None
-    total = sum(tree[name].uncompressed_bytes for name in branches)
+    try:
+        total = sum(tree[name].uncompressed_bytes for name in branches)
+    except AttributeError:  # an RNTuple: its fields do not carry byte counts; uproot's estimate reads them
+        return int(tree.num_entries_for(limit, filter_name=branches))
     return max(1, int(limit * n_entries / max(total, 1)))
 
 
@@ -140,7 +143,15 @@ def read_unit(spec: FeatureSpec, unit: Unit, tree: Any = None) -> Chunk:
     except Exception as err:
         raise InputFormatError(f"{unit.path}: cannot read entries {unit.entry_start}-{unit.entry_stop} "
                                f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
-    return compute_chunk(spec, {name: arrays[name] for name in arrays.fields}, unit)
+    return compute_chunk(spec, {name: _field(arrays, name) for name in spec.branches()}, unit)
+
+
+def _field(arrays: ak.Array, name: str) -> ak.Array:
+    """A branch by name; in an RNTuple, "Jet.pt" is the field pt of the record Jet."""
+    if name in arrays.fields:
+        return arrays[name]
+    head, _, rest = name.partition(".")
+    return _field(arrays[head], rest)
 
 
 def compute_chunk(spec: FeatureSpec, arrays: Mapping[str, ak.Array], unit: Unit) -> Chunk:
