@@ -43,6 +43,15 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Pat
     return Path(path)
 
 
+def write_config(path: str | os.PathLike, cfg: Any) -> Path:
+    """A run's resolved config as YAML beside its outputs, written atomically."""
+    from omegaconf import OmegaConf
+
+    with atomic_write(path) as handle:
+        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    return Path(path)
+
+
 def read_input_text(path: str | os.PathLike, what: str) -> str:
     """The text of an input file; a missing or unreadable one raises one InputFormatError naming it and `what`."""
     path = Path(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401  registers hydra/launcher=k8s (also under editable installs)
 from cmsdl.callbacks import CheckpointOnSigterm, RunContext
 from cmsdl.config import hydra_app, instantiate_group, instantiate_logged, to_plain
-from cmsdl.io import atomic_write, write_json
+from cmsdl.io import write_config, write_json
 from cmsdl.models.classifier import output_size
 from cmsdl.runs import LAST_CKPT, checkpoint_to_resume
 
@@ -42,8 +42,7 @@ def complete_model_config(cfg: DictConfig, datamodule: Any) -> None:
 
 @rank_zero_only
 def save_config(cfg: DictConfig, output_dir: Path) -> None:
-    with atomic_write(output_dir / "config.yaml") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(output_dir / "config.yaml", cfg)
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

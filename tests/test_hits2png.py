@@ -21,7 +21,7 @@ from cmsdl.hits.png import MODES, decode_png, encode_png, encode_pngs
 from cmsdl.hits.read import Chunk
 from cmsdl.hits.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
 from cmsdl.hits.simulate import simulate_events, write_root
-from conftest import REPO, run_cmsdl
+from conftest import run_cmsdl
 
 
 def manifest(out: Path) -> list[dict[str, str]]:

@@ -33,7 +33,7 @@ def test_unknown_command_suggests_the_closest(tmp_path: Path) -> None:
 
 
 def test_train_then_eval_write_every_artefact(tmp_path: Path, workflows_file: Path) -> None:
-    proc = run_cmsdl(*train_args(workflows_file, tmp_path / "logs", "trainer.max_epochs=6"), cwd=tmp_path)
+    run_cmsdl(*train_args(workflows_file, tmp_path / "logs", "trainer.max_epochs=6"), cwd=tmp_path)
     run_dir = only_run_dir(tmp_path / "logs")
     for name in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.ckpt",
                  "csv/metrics.csv", "metrics.json", "train.log"):

@@ -138,15 +138,12 @@ def tier_table(columns: dict[str, np.ndarray], rules: Sequence[LabelRule]) -> li
 
 def write_simulated_popularity(cfg: Any) -> Path:
     """Simulate records as cfg says, write cfg.out and the config beside it, print the tier table."""
-    from omegaconf import OmegaConf
-
-    from cmsdl.io import atomic_write
+    from cmsdl.io import write_config
 
     columns = simulate_popularity(cfg.n_datasets, cfg.n_weeks, cfg.seed, list(cfg.sites), list(cfg.site_weights),
                                   cfg.prehistory_weeks, cfg.revival_probability)
     out = write_popularity(cfg.out, columns)
-    with atomic_write(out.with_name(out.stem + ".config.yaml")) as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out.with_name(out.stem + ".config.yaml"), cfg)
     rules = [LabelRule("naccess", 10.0), LabelRule("log_nusers", 2.0)]
     print(f"wrote {len(columns['week'])} records of {len(set(columns['dataset']))} datasets, {cfg.n_weeks} weeks, "
           f"{len(cfg.sites)} sites to {out}")

@@ -134,14 +134,11 @@ def write_log(path: str | Path, records: list[dict[str, Any]], marker: str = MAR
 
 def write_simulated_transfers(cfg: Any) -> Path:
     """Simulate cfg.n_transfers transfers and write the log to cfg.out, with the config beside it."""
-    from omegaconf import OmegaConf
-
-    from cmsdl.io import atomic_write
+    from cmsdl.io import write_config
 
     records, classes = simulate_transfers(cfg.n_transfers, cfg.seed, cfg.missing_scale, cfg.n_sites)
     out = write_log(cfg.out, records, cfg.marker, cfg.n_bad, cfg.truncate_last, cfg.seed)
-    with atomic_write(out.with_name(out.stem + ".config.yaml")) as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out.with_name(out.stem + ".config.yaml"), cfg)
     counts = Counter(classes)
     print(f"wrote {len(records)} transfer records to {out} (" + ", ".join(f"{c} {counts[c]}" for c in CLASSES) + ")")
     return out

@@ -206,15 +206,12 @@ def _add(errors: dict[str, dict[str, int]], code: int, site: str, count: int) ->
 
 def write_simulated_workflows(cfg: Any) -> Path:
     """Simulate cfg.n_workflows workflows and write them to cfg.out, with the config beside it."""
-    from omegaconf import OmegaConf
-
-    from cmsdl.io import atomic_write, write_json
+    from cmsdl.io import write_config, write_json
 
     doc = simulate_workflows(cfg.n_workflows, cfg.seed, cfg.label_noise, tuple(cfg.actions))
     out = Path(cfg.out)
     write_json(out, doc, indent=None)
-    with atomic_write(out.with_name(out.stem + ".config.yaml")) as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out.with_name(out.stem + ".config.yaml"), cfg)
     actions = Counter(wf["action"] for wf in doc["workflows"])
     print(f"wrote {len(doc['workflows'])} workflows to {out} (actions: "
           + ", ".join(f"{a} {n}" for a, n in actions.most_common()) + ")")

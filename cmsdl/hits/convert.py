@@ -35,7 +35,7 @@ from cmsdl.errors import CmsdlError, ConfigError
 from cmsdl.hits.png import MODES, encode_png, write_atomic
 from cmsdl.hits.read import HitMapping, iterate_chunks, open_tree, regularize_mapping
 from cmsdl.hits.render import ImageSpec, regularize_spec, render_chunk
-from cmsdl.io import atomic_write, write_json
+from cmsdl.io import atomic_write, write_config, write_json
 
 log = logging.getLogger(__name__)
 FORMAT = "cmsdl-images/1"
@@ -336,10 +336,7 @@ def report(summary: Mapping[str, Any], outcomes: Sequence[Outcome], manifest: Pa
 
 
 def _write_config(cfg: Any, out: Path) -> None:
-    from omegaconf import OmegaConf
-
-    with atomic_write(out / "hits2png.config.yaml") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out / "hits2png.config.yaml", cfg)
 
 
 def run(cfg: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from cmsdl.errors import CmsdlError, ConfigError, InputFormatError, closest
+from cmsdl.errors import ConfigError, InputFormatError, closest
 
 UNITS_TO_CM = {"cm": 1.0, "mm": 0.1, "m": 100.0, "um": 1e-4}
 ROLES = ("x", "y", "z", "eta", "phi", "weight", "layer", "subdet", "event")

@@ -162,9 +162,7 @@ def simulate_files(cfg: Any) -> list[Path]:
 
 
 def run(cfg: Any) -> list[Path]:
-    from omegaconf import OmegaConf
-
-    from cmsdl.io import atomic_write
+    from cmsdl.io import write_config
 
     for process in cfg.processes:
         if process not in PROCESSES:
@@ -172,8 +170,7 @@ def run(cfg: Any) -> list[Path]:
     if int(cfg.n_events) < 1 or int(cfg.events_per_file) < 1:
         raise ConfigError(f"n_events/events_per_file: expected positive integers, got {cfg.n_events}/{cfg.events_per_file}")
     paths = simulate_files(cfg)
-    with atomic_write(Path(cfg.out) / "simulate.config.yaml") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(Path(cfg.out) / "simulate.config.yaml", cfg)
     return paths
 
 

@@ -448,14 +448,11 @@ def check_config(cfg: Any) -> None:
 
 def run(cfg: Any) -> list[Path]:
     """`cmsdl simulate-top`: check the config, write the ROOT files and the config used beside them."""
-    from omegaconf import OmegaConf
-
-    from cmsdl.io import atomic_write
+    from cmsdl.io import write_config
 
     check_config(cfg)
     paths = simulate_files(cfg)
-    with atomic_write(Path(cfg.out) / "simulate_top.config.yaml") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(Path(cfg.out) / "simulate_top.config.yaml", cfg)
     return paths
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
 from cmsdl.data.popularity import LabelRule, PopularityTable, WeeklyTotals, load_popularity, weekly_totals
 from cmsdl.errors import ConfigError, InputFormatError
-from cmsdl.io import atomic_write, write_json
+from cmsdl.io import atomic_write, write_config, write_json
 from cmsdl.tools.cache import POLICIES, CacheSimulator, static_set
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ def cache_sim(cfg: DictConfig) -> dict[str, Any]:
         checks[site] = ordering_checks(curves[site], sim.compulsory_misses)
         all_results += [{"site": site, **r} for r in curves[site]]
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.yaml") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out / "config.yaml", cfg)
     write_csv(out / "site_table.csv", site_rows)
     write_csv(out / "hit_rates.csv", all_results)
     plot_curves(out / "hit_rates.png", curves, {r["site"]: r["max hit rate"] for r in site_rows},

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
@@ -24,7 +24,7 @@ from cmsdl.data.workflow_features import WorkflowMatrix
 from cmsdl.data.workflow_sim import EXIT_CODES
 from cmsdl.data.workflows import Workflow, load_workflows
 from cmsdl.errors import ConfigError
-from cmsdl.io import atomic_write, write_json
+from cmsdl.io import atomic_write, write_config, write_json
 
 log = logging.getLogger(__name__)
 SILHOUETTE_SAMPLE = 3000
@@ -112,8 +112,7 @@ def cluster_workflows(cfg: DictConfig) -> dict[str, Any]:
     report = {"k": result.k, "silhouette": result.silhouette, "silhouette_by_k": result.scores,
               "n_workflows": len(workflows), "n_features": features.shape[1], "clusters": summary}
     write_json(out / "clusters.json", report)
-    with atomic_write(out / "config.yaml") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out / "config.yaml", cfg)
     print(f"k-means on {len(workflows)} workflows x {features.shape[1]} features: k={result.k}, "
           f"silhouette={result.silhouette:.3f}\n{format_summary(summary)}\nwritten to {out}/")
     return report

@@ -26,7 +26,7 @@ from cmsdl.config import hydra_app, instantiate_logged
 from cmsdl.data.popularity import LabelRule, load_popularity, weekly_totals
 from cmsdl.data.popularity_features import PopularitySamples, build_samples, feature_matrix
 from cmsdl.errors import ConfigError
-from cmsdl.io import atomic_write, write_json
+from cmsdl.io import atomic_write, write_config, write_json
 
 log = logging.getLogger(__name__)
 DNN = "dnn"
@@ -224,8 +224,7 @@ def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
         (out / STATE).unlink()
     check_resumable(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.yaml") as handle:
-        handle.write(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out / "config.yaml", cfg)
     table = load_popularity(cfg.input)
     rule = LabelRule(cfg.label.metric, cfg.label.threshold)
     samples = build_samples(weekly_totals(table), rule, cfg.features.lags, cfg.features.history_weeks)
