@@ -81,7 +81,9 @@ def test_predict_writes_one_score_per_entry_in_input_order(delphes_model: tuple[
     predictor = Predictor(model)
     spec = spec_of(predictor.preprocessing)
     for path in files:
-        scores = uproot.open(tmp_path / "scores" / f"{path.stem}_scores.root")["Scores"].arrays(library="np")
+        written = uproot.open(tmp_path / "scores" / f"{path.stem}_scores.root")
+        assert written.classnames() == {"Scores;1": "TTree"}  # ROOT's AddFriend needs a TTree
+        scores = written["Scores"].arrays(library="np")
         events = uproot.open(path)["Delphes"]
         assert len(scores["score_signal"]) == events.num_entries
         expected = predictor.run(predictor.scale(read_unit(spec, Unit(str(path), -1, 0, events.num_entries)).features))

@@ -128,13 +128,13 @@ def write_root(path: Path, events: dict[str, Any], first_event: int) -> None:
     """Write one block of events as the tree `events`, atomically (temporary name, then rename)."""
     import uproot
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    from cmsdl.io import atomic_path
+
     n = len(events["process"])
     data = {"event": np.arange(first_event, first_event + n, dtype=np.int64), **events}
-    with uproot.recreate(tmp) as f:
+    with atomic_path(path, ".root") as tmp, uproot.recreate(tmp) as f:
         tree = f.mktree("events", {k: ak.type(v).content if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
         tree.extend(data)
-    tmp.replace(path)
 
 
 def simulate_files(cfg: Any) -> list[Path]:

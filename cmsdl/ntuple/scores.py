@@ -10,8 +10,6 @@ with the same columns plus `entry`. Torch-free: the model's ONNX metadata carrie
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from cmsdl.errors import CmsdlError, InputFormatError
-from cmsdl.io import atomic_write
-from cmsdl.ntuple.read import file_units, iterate_units, open_tree
+from cmsdl.io import atomic_path, atomic_write
+from cmsdl.ntuple.read import file_units, open_tree, read_unit
 from cmsdl.ntuple.spec import FeatureSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -50,9 +48,9 @@ def spec_of(preprocessing: dict[str, Any]) -> FeatureSpec:
 def score_file(predictor: Any, spec: FeatureSpec, path: str, step_size: int | str = "50 MB") -> FileScores:
     """Every entry of `path` (not only those passing the selection) through the model, in entry order."""
     tree = open_tree(path, spec)
-    units = file_units(path, tree, spec, 0, step_size)
     entries, scores, selected = [], [], []
-    for _, chunk in iterate_units(spec, units):
+    for unit in file_units(path, tree, spec, 0, step_size):
+        chunk = read_unit(spec, unit, tree)
         entries.append(chunk.entries)
         scores.append(predictor.run(predictor.scale(chunk.features)).outputs if len(chunk.entries) else
                       np.zeros((0, len(predictor.contract.class_names)), np.float32))
@@ -84,18 +82,11 @@ def write_scores(result: FileScores, out: Path, class_names: list[str]) -> Path:
 
 
 def _write_root(out: Path, columns: dict[str, np.ndarray]) -> Path:
+    """A TTree (ROOT's AddFriend takes TTrees; uproot's `file[name] = ...` would write an RNTuple)."""
     import uproot
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.root", dir=out.parent)
-    os.close(fd)
-    try:
-        with uproot.recreate(tmp) as handle:
-            handle[SCORE_TREE] = columns
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out, ".root") as tmp, uproot.recreate(tmp) as handle:
+        handle.mktree(SCORE_TREE, {name: values.dtype for name, values in columns.items()}).extend(columns)
     return out
 
 

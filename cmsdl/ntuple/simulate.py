@@ -39,7 +39,6 @@ given seed: file k of a process always holds the same events, so an interrupted 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -376,18 +375,14 @@ def simulate_events(process: str, n_events: int, seed: int | Sequence[int], jet_
 
 
 def write_root(path: Path, events: dict[str, Any]) -> None:
-    """Write one block of events as the tree `Events`, atomically (temporary name beside it, then os.replace)."""
+    """Write one block of events as the tree `Events`, atomically (temporary name beside it, then renamed)."""
     import uproot
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    from cmsdl.io import atomic_path
+
     types = {k: ak.type(v).content if isinstance(v, ak.Array) else v.dtype for k, v in events.items()}
-    try:
-        with uproot.recreate(tmp) as f:
-            f.mktree("Events", types, title="Events").extend(events)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, ".root") as tmp, uproot.recreate(tmp) as f:
+        f.mktree("Events", types, title="Events").extend(events)
 
 
 def simulate_files(cfg: Any) -> list[Path]:
