@@ -70,6 +70,11 @@ def delphes_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[
               "callbacks.progress_bar.refresh_rate=0", cwd=work)
     summary = json.loads((work / "logs/train/runs/d/metrics.json").read_text())
     assert summary["metrics"]["test/auroc"] > 0.8
+    run_cmsdl("eval", f"ckpt={summary['best_checkpoint']}", f"paths.log_dir={work / 'logs'}", "run_name=d", cwd=work)
+    evaluated = json.loads((work / "logs/eval/runs/d/metrics.json").read_text())
+    assert evaluated["auroc"] == pytest.approx(summary["metrics"]["test/auroc"], abs=1e-3)
+    first = (work / "logs/eval/runs/d/predictions.csv").read_text().splitlines()[1]
+    assert first.startswith(str(work / "delphes_0.root:"))
     run_cmsdl("export", f"ckpt={summary['best_checkpoint']}", f"out={work / 'delphes.onnx'}", cwd=work)
     return work / "delphes.onnx", files
 
