@@ -286,12 +286,12 @@ class RootTableDataModule(SplitLoaders, pl.LightningDataModule):
         return {**self.preprocessing(), "rows_per_unit": self.stats.get("rows_per_unit")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Statistics from a checkpoint (or an exported model's preprocessing); files are planned again."""
+        """Statistics from a checkpoint (or an exported model's preprocessing); planned work units are kept (they
+        depend on the spec and the files only), so restoring before `trainer.test` re-opens no file."""
         self.stats = {"mean": state["mean"], "std": state["std"],
                       "class_factors": state["source"].get("class_factors", [1.0] * len(self.class_names))}
         if state.get("rows_per_unit"):
             self.stats["rows_per_unit"] = state["rows_per_unit"]
-        self.source = None
 
     def net_inputs(self) -> dict[str, Any]:
         """Input size and, for set networks, where the first collection's slots are (with its count's scaling)."""
