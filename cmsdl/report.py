@@ -39,7 +39,8 @@ def seed_table_cells(metrics: dict[str, Any]) -> str:
     return f"{100 * metrics['accuracy']:.0f}% [{rows}]"
 
 
-def _figure():
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (writes files, needs no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +51,7 @@ def _figure():
 
 def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
     """ROC curve (one per class, one-vs-rest, when there are more than two classes)."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     positives = [1] if len(class_names) == 2 else range(len(class_names))
     for k in positives:
@@ -62,12 +63,12 @@ def plot_roc(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], 
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
     """Confusion matrix with counts; rows are true classes, columns predicted ones."""
-    plt = _figure()
+    plt = pyplot()
     m = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2.5, 1.2 * len(class_names) + 2))
     ax.imshow(m, cmap="Blues")
@@ -76,13 +77,14 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     ticks = range(len(class_names))
     ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
            xlabel="predicted", ylabel="true", title="confusion matrix")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG atomically and close it."""
     with atomic_write(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
-    _figure().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -123,13 +125,13 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray, target_name
 
 
 def plot_predicted_vs_true(predictions: np.ndarray, targets: np.ndarray, name: str, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(targets, predictions, s=4, alpha=0.4)
     lo, hi = float(min(targets.min(), predictions.min())), float(max(targets.max(), predictions.max()))
     ax.plot([lo, hi], [lo, hi], ls="--", c="grey", lw=1)
     ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}", title="predicted vs true")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_regression_report(out_dir: Path, predictions: np.ndarray, targets: np.ndarray,

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from cmsdl.config import config_dir
 from cmsdl.data.root_table import RootTableDataModule
-from cmsdl.report import _figure
+from cmsdl.report import pyplot, save_figure
 from cmsdl.tools.boosting import fit_boosting
 
 MODELS = {"mlp": ("top_sb", "MLP (128-128-64)"), "deepsets": ("top_sb_deepsets", "DeepSets over jets")}
@@ -75,7 +75,7 @@ def boosting_scores(work: Path) -> tuple[dict[str, float], np.ndarray, np.ndarra
 
 
 def plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for label, (fpr, tpr, auc) in curves.items():
         ax.plot(tpr, np.maximum(fpr, 1e-5), label=f"{label} (AUC {auc:.3f})")
@@ -83,7 +83,7 @@ def plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) ->
            title="all-hadronic ttbar vs QCD multijet (test split)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path)
 
 
 def main() -> None:
