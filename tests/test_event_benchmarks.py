@@ -30,3 +30,18 @@ def test_image_loader_benchmark_compares_png_and_cache(tmp_path: Path) -> None:
     stdout, figures = run_script("bench_image_loader.py", tmp_path, "--events", "40", "--size", "16", "--epochs", "1")
     assert "ratio cache/PNG" in stdout and figures["images"] == 56
     assert figures["png_images_per_s"] > 0 and figures["cache_images_per_s"] > 0
+
+
+def test_precision_benchmark_times_both_sides_on_the_same_network(tmp_path: Path) -> None:
+    stdout, figures = run_script("bench_resnet_precision.py", tmp_path, "--arch", "resnet18", "--size", "16",
+                                 "--batch-size", "4", "--steps", "1", "--warmup", "0", "--device", "cpu")
+    assert "bf16 + channels_last" in stdout and figures["batch_size"] == 4
+    assert figures["ratio"] == pytest.approx(figures["bf16_channels_last_images_per_s"] / figures["fp32_images_per_s"])
+
+
+def test_toy_separability_reports_each_view(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "toy_separability.py"), "--events", "300",
+                           "--classes", "jpsi", "qcd"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    lines = [line for line in proc.stdout.splitlines() if "accuracy" in line]
+    assert [line.split(" accuracy")[0].strip() for line in lines] == ["all", "no pT values", "directions only"]
+    assert all(float(line.split("accuracy")[1].split("%")[0]) > 80 for line in lines)

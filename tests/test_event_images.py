@@ -74,6 +74,17 @@ def test_resnets_take_uint8_images_of_any_channel_count(kwargs: dict) -> None:
     assert torch.allclose(net(x), net(x.float() / 255), atol=1e-5)
 
 
+def test_cpu_bf16_autocast_switches_to_channels_last_with_the_same_logits() -> None:
+    net = ResNet(in_channels=2, out_features=3, arch="resnet34").eval()
+    x = torch.randint(0, 256, (2, 2, 32, 32), dtype=torch.uint8)
+    fp32 = net(x)
+    assert not net.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = net(x)
+    assert net.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(bf16.float(), fp32, atol=0.1, rtol=0.05)
+
+
 def test_local_weights_are_loaded_and_missing_ones_rejected(tmp_path: Path) -> None:
     source = ResNet(in_channels=3, out_features=5, arch="resnet34")
     path = tmp_path / "weights.pt"

@@ -107,7 +107,10 @@ class ResNet(nn.Module):
         return (self._compiled or self.body)(x)
 
     def _use_channels_last(self, x: torch.Tensor) -> bool:
-        wanted = x.is_cuda if self.channels_last == "auto" else bool(self.channels_last)
+        if self.channels_last == "auto":
+            wanted = x.is_cuda or torch.is_autocast_enabled("cpu")
+        else:
+            wanted = bool(self.channels_last)
         if wanted and not self._layout_done:
             self.body.to(memory_format=torch.channels_last)
             self._layout_done = True
