@@ -47,7 +47,8 @@ def event_features(p: Particles, n_events: int) -> dict[str, np.ndarray]:
     return out
 
 
-def table(features: dict[str, np.ndarray], names: tuple[str, ...] | None) -> np.ndarray:
+def feature_matrix(features: dict[str, np.ndarray], names: tuple[str, ...] | None) -> np.ndarray:
+    """The named features (all when None) side by side, one row per event."""
     names = names or tuple(features)
     return np.column_stack([features[n].reshape(len(features[n]), -1) for n in names])
 
@@ -71,7 +72,7 @@ def main() -> None:
     train, test = order[:n_train], order[n_train:]
     print(f"{' vs '.join(args.classes)}: {args.events} events each, 70/30 split, HistGradientBoosting")
     for view, names in VIEWS.items():
-        x = table(features, names)
+        x = feature_matrix(features, names)
         model = HistGradientBoostingClassifier(max_iter=300, random_state=args.seed).fit(x[train], labels[train])
         predicted = model.predict(x[test])
         matrix = confusion_matrix(labels[test], predicted).tolist()
