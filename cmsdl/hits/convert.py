@@ -301,7 +301,7 @@ def hits2png(cfg: Any) -> dict[str, Any]:
     summary = summarize(files, units, todo, outcomes, n_images)
     write_json(out / "hits2png.json", doc | {"classes": labels_order(settings.labels, classes), "n_images": n_images,
                                               "summary": summary})
-    _write_config(cfg, out)
+    write_config(out / "hits2png.config.yaml", cfg)
     report(summary, outcomes, manifest)
     return summary
 
@@ -333,10 +333,6 @@ def report(summary: Mapping[str, Any], outcomes: Sequence[Outcome], manifest: Pa
     print(f"hits2png: {s['files']} files ({s['files_failed']} failed), {s['events_converted']} events converted, "
           f"{s['events_failed']} failed, {s['units_skipped_done']} of {s['units']} chunks already done, "
           f"{s['warnings']} warnings; {s['images_in_manifest']} images in {manifest}")
-
-
-def _write_config(cfg: Any, out: Path) -> None:
-    write_config(out / "hits2png.config.yaml", cfg)
 
 
 def run(cfg: Any) -> None:
