@@ -60,6 +60,22 @@ def test_batches_hold_the_decoded_pngs_of_their_rows(images: Path, tmp_path: Pat
     assert all(torch.equal(x[i], torch.from_numpy(decode_png(images.parent / p, 2))) for i, p in enumerate(paths))
 
 
+def test_training_flips_only_mirror_axes_that_are_detector_symmetries(images: Path, tmp_path: Path) -> None:
+    root = images.parent.parent
+    run_cmsdl("hits2png", "input=raw/*.root", "out=img_phi_rho", "size=16", "projection=[phi-rho,rz]",
+              "progress=false", cwd=root)
+    unrolled = EventImageDataModule(str(root / "img_phi_rho" / "manifest.csv"), cache_dir=str(tmp_path / "a"),
+                                    progress=False)
+    assert EventImageDataModule(str(images), cache_dir=str(tmp_path / "b"), progress=False).flip_dims() == (2, 3)
+    assert unrolled.flip_dims() == (3,)  # phi mirrors; the radius does not run backwards
+    plain, augmented = unrolled.dataset("train"), unrolled.dataset("train", augment=True)
+    batch = list(range(len(plain)))
+    x, flipped = plain[batch][0], augmented[batch][0]
+    mirrored = np.array([torch.equal(a, b.flip(2)) and not torch.equal(a, b) for a, b in zip(x, flipped)])
+    assert 0 < mirrored.sum() < len(batch)
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(2)) for a, b in zip(x, flipped))
+
+
 def test_unknown_class_is_one_clear_error(images: Path, tmp_path: Path) -> None:
     with pytest.raises(CmsdlError, match="has classes jpsi, qcd, higgs"):
         EventImageDataModule(str(images), classes=["jpsi", "ttbar"], cache_dir=str(tmp_path)).setup()

@@ -42,12 +42,27 @@ def test_chunk_rendering_matches_a_per_event_histogram() -> None:
     hits = {"x": rng.normal(0, 50, n), "y": rng.normal(0, 50, n), "z": rng.normal(0, 120, n),
             "subdet": rng.integers(0, 4, n), "weight": rng.exponential(1.0, n)}
     chunk = Chunk(np.arange(25), row, hits)
-    for spec in (regularize_spec("xy,rz,eta-phi", size=(24, 40)), regularize_spec("rz", "subdetectors", 32)):
+    for spec in (regularize_spec("xy,rz,eta-phi,phi-rho", size=(24, 40)), regularize_spec("rz", "subdetectors", 32)):
         images = render_chunk(chunk, spec)
         reference = np.stack([render_event({k: v[row == e] for k, v in hits.items()}, spec) for e in range(25)])
         assert images.shape == reference.shape and images.dtype == np.uint8
         assert (images != reference).mean() < 1e-3 and images.max() > 0
 
+
+def test_phi_rho_shows_a_stiff_track_upright_and_a_soft_one_leaning() -> None:
+    spec = regularize_spec("phi-rho", size=(32, 128))
+    rows, centre = [], -np.pi + 70.5 * 2 * np.pi / 128  # the middle of column 70
+    for pt in (100.0, 1.0):
+        radius = np.linspace(3.0, 109.5, 40)
+        phi = centre - np.arcsin(radius * 0.3 * 3.8 / (200.0 * pt))  # a helix from the beam line, charge +1
+        rows.append({"x": radius * np.cos(phi), "y": radius * np.sin(phi), "z": np.zeros(40)})
+    hits = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    image = render_chunk(Chunk(np.arange(2), np.repeat([0, 1], 40), hits), spec)[:, 0]
+    columns = [np.flatnonzero(img.any(axis=0)) for img in image]
+    occupied_rows = [np.flatnonzero(img.any(axis=1)) for img in image]
+    assert columns[0].tolist() == [70] and len(columns[1]) > 10
+    assert occupied_rows[0].min() == 0 and occupied_rows[0].max() == 31  # inner layers at the bottom (row 31)
+    assert image[1][31, columns[0][0]] > 0 and image[1][0].nonzero()[0][0] < columns[0][0]
 
 
 @pytest.mark.parametrize("ranges", [(-110.0, 110.0), (0.0, 110.0)])

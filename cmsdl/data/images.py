@@ -24,6 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from cmsdl.data.tabular import stratified_split
 from cmsdl.data.splits import SplitLoaders
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.hits.render import MIRROR_SYMMETRIC
 from cmsdl.io import write_json
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,15 @@ class EventImageDataModule(SplitLoaders, pl.LightningDataModule):
     def dataset(self, name: str, augment: bool = False) -> ImageBatches:
         self.setup()
         rows = self.split_rows[name]
-        flips = (2, 3) if augment and self.augment_flips else ()  # height and width of a (batch, C, H, W) tensor
+        flips = self.flip_dims() if augment and self.augment_flips else ()
         return ImageBatches(self.cache_path, rows, self.labels[rows], flips, self.seed)
+
+    def flip_dims(self) -> tuple[int, ...]:
+        """Dimensions of a (batch, C, H, W) tensor whose mirror image is a symmetry of every projection."""
+        self.setup()
+        projections = self.info.get("image", {}).get("projections", ["xy"])
+        symmetric = [MIRROR_SYMMETRIC.get(name, (False, False)) for name in projections]
+        return tuple(dim for dim, axis in ((2, 0), (3, 1)) if all(s[axis] for s in symmetric))
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         data = self.dataset(name, augment=shuffle)
