@@ -7,8 +7,9 @@ least information:
 
 - `all`: everything above (an image never holds pT this precisely);
 - `no pT values`: the particles still ranked by pT and counted above 2 GeV, but no pT value;
-- `directions only`: ranked by pT, only eta/phi and the number of particles: roughly what tracker-hit images at
-  32-64 px show, where a 3 GeV muon and a 30 GeV pion are both straight lines.
+- `directions only`: ranked by pT, only eta/phi and the number of particles: roughly what `xy`/`rz` images at
+  32-64 px show, where a 3 GeV muon and a 30 GeV pion are both straight lines (the `phi-rho` projection shows
+  how much each track leans, i.e. 1/pT, and so holds more).
 
     python scripts/toy_separability.py --events 6000 --classes higgs jpsi qcd
 """
