@@ -72,8 +72,7 @@ def ship(rows: list[tuple[str, str]], timings: dict[str, float]) -> None:
 def events(rows: list[tuple[str, str]], timings: dict[str, float]) -> None:
     raw, images = DEMO / "data" / "raw", DEMO / "data" / "images"
     timings["events"] = run("simulate", f"out={raw}", "n_events=500", "seed=3", "progress=false")
-    timings["events"] += run("hits2png", f"input={raw}/*.root", f"out={images}", "size=[32,128]",
-                             "projection=[phi-rho,rz]",
+    timings["events"] += run("hits2png", f"input={raw}/*.root", f"out={images}", "size=64", "projection=[xy,rz]",
                              "progress=false")
     timings["events"] += run("train", "experiment=event_3class", "model=resnet34", f"data.manifest={images}/manifest.csv",
                              f"paths.log_dir={DEMO / 'logs'}", "run_name=event_3class", "trainer=cpu",
@@ -83,7 +82,7 @@ def events(rows: list[tuple[str, str]], timings: dict[str, float]) -> None:
                              "run_name=event_3class")
     evaluated = read_json(DEMO / "logs/eval/runs/event_3class/metrics.json")
     cells = " ".join("[" + " ".join(map(str, r)) + "]" for r in evaluated["confusion_matrix"])
-    rows += [(f"event images, resnet34 ({trained['epochs']} epochs)", f"1500 events, 32 x 128 px (phi-rho, rz), classes {', '.join(evaluated['class_names'])}"),
+    rows += [(f"event images, resnet34 ({trained['epochs']} epochs)", f"1500 events, 64 px, classes {', '.join(evaluated['class_names'])}"),
              ("  test accuracy [confusion]", f"{100 * evaluated['accuracy']:.0f}% [{cells}]  (seed: 74% for ResNet34)")]
 
 
