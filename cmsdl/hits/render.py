@@ -18,6 +18,7 @@ from cmsdl.errors import ConfigError, closest
 from cmsdl.hits.read import Chunk
 
 PROJECTIONS = {"xy": ("x", "y"), "rz": ("z", "r"), "eta-phi": ("eta", "phi"), "phi-rho": ("phi", "rho")}
+# whether mirroring the image (up-down, left-right) gives an equally likely image: the radius never runs backwards
 MIRROR_SYMMETRIC = {"xy": (True, True), "rz": (True, True), "eta-phi": (True, True), "phi-rho": (False, True)}
 DEFAULT_RANGES = {"x": (-110.0, 110.0), "y": (-110.0, 110.0), "z": (-280.0, 280.0), "r": (-110.0, 110.0),
                   "rho": (0.0, 110.0), "eta": (-3.0, 3.0), "phi": (-np.pi, np.pi)}
