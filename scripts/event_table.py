@@ -61,7 +61,7 @@ def table(results: dict, models: list[str], header: str) -> str:
         cells = []
         for m in models:
             r = results[exp].get(m)
-            cells.append(f"{100 * r['accuracy']:.0f}% | {matrix(r['confusion_matrix'])}" if r else "– | –")
+            cells.append(f"{100 * r['accuracy']:.1f}% | {matrix(r['confusion_matrix'])}" if r else "– | –")
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines += ["", "Seed (ISGC 2018, 27K real CMS images): " + "; ".join(
         f"{EXPERIMENTS[e]} {' / '.join(v)}" for e, v in SEED.items()) + " (ResNet34 / ResNet50 / ResNet50 modified).", "",
