@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmsdl.data.popularity import LabelRule, load_popularity, weekly_totals, write_popularity
-from cmsdl.data.popularity_features import PopularitySource, build_samples, raw_columns
+from cmsdl.data.popularity import LabelRule, PopularityTable, load_popularity, weekly_totals, write_popularity
+from cmsdl.data.popularity_features import (PopularitySamples, PopularitySource, build_samples, raw_columns,
+                                            uncovered_per_week)
 from cmsdl.data.popularity_sim import TIER_COUNTS, simulate_popularity
 from cmsdl.errors import InputFormatError
 from tests.conftest import run_cmsdl
@@ -62,18 +63,73 @@ def test_label_rules() -> None:
     assert LabelRule("log_nusers", 2.0).apply(naccess, nusers, cpu).tolist() == [False, True, False]
 
 
-def test_samples_use_only_weeks_before_the_target(records_file: Path) -> None:
-    table = load_popularity(records_file)
+def records(rows: list[tuple[str, int, int, int]]) -> PopularityTable:
+    """A table from (dataset, creation week, week, reads) tuples, one site, AOD."""
+    names = [f"/{name}/Run2016B-v1/AOD" for name, *_ in rows]
+    naccess = np.array([n for *_, n in rows], dtype=np.int64)
+    return PopularityTable({
+        "dataset": np.array(names, dtype=object), "tier": np.array(["AOD"] * len(rows), dtype=object),
+        "week": np.array([w for _, _, w, _ in rows], dtype=np.int64), "site": np.array(["T1_US_FNAL"] * len(rows), dtype=object),
+        "naccess": naccess, "nusers": np.minimum(naccess, 3), "cpu_hours": naccess * 2.0,
+        "size_gb": np.full(len(rows), 100.0), "nfiles": np.full(len(rows), 10, dtype=np.int64),
+        "creation_week": np.array([c for _, c, _, _ in rows], dtype=np.int64)})
+
+
+def candidate_weeks(samples: PopularitySamples, name: str) -> list[int]:
+    return sorted(int(w) for d, w in zip(samples.datasets, samples.weeks) if d.startswith(f"/{name}/"))
+
+
+def test_dataset_first_read_in_the_target_week_is_no_candidate() -> None:
+    table = records([*(("Old", 0, w, 20) for w in range(8)),
+                     ("New", 3, 3, 50), ("New", 3, 4, 5),          # created and first read in week 3
+                     ("Late", 1, 5, 30), ("Late", 1, 6, 30)])       # created in week 1, first read in week 5
     totals = weekly_totals(table)
-    samples = build_samples(totals, LabelRule(), lags=4, history_weeks=8)
-    assert samples.values.shape[1] == len(raw_columns(4)) and 0.005 < samples.labels.mean() < 0.5
+    samples = build_samples(totals, LabelRule(), lags=1, history_weeks=2)
+    assert candidate_weeks(samples, "New") == [4, 5, 6]
+    assert candidate_weeks(samples, "Late") == [6, 7]
+    assert candidate_weeks(samples, "Old") == [1, 2, 3, 4, 5, 6, 7]
+    uncovered = uncovered_per_week(totals, LabelRule(), history_weeks=2)
+    assert uncovered[3] == {"n_new": 1, "n_new_popular": 1, "n_dormant": 0, "n_dormant_popular": 0}
+    assert uncovered[5]["n_new"] == 1 and uncovered[5]["n_new_popular"] == 1 and uncovered[4]["n_new"] == 0
+
+
+def test_dormant_dataset_read_again_is_counted_not_scored() -> None:
+    table = records([*(("Old", 0, w, 20) for w in range(8)), ("Back", 0, 0, 15), ("Back", 0, 6, 12)])
+    totals = weekly_totals(table)
+    samples = build_samples(totals, LabelRule(), lags=1, history_weeks=2)
+    assert candidate_weeks(samples, "Back") == [1, 2, 7]
+    uncovered = uncovered_per_week(totals, LabelRule(), history_weeks=2)
+    assert uncovered[6] == {"n_new": 0, "n_new_popular": 0, "n_dormant": 1, "n_dormant_popular": 1}
+
+
+def target_week_samples(table: PopularityTable, week: int) -> dict[str, np.ndarray]:
+    samples = build_samples(weekly_totals(table), LabelRule(), lags=4, history_weeks=8)
+    return {str(d): v for d, w, v in zip(samples.datasets, samples.weeks, samples.values) if w == week}
+
+
+def test_changing_the_target_week_and_later_changes_neither_candidates_nor_features(records_file: Path) -> None:
+    table = load_popularity(records_file)
+    assert table.columns["week"].min() == 0
     target = 15
-    before = samples.select(samples.weeks == target)
-    totals.naccess[:, target - totals.first_week:] *= 7                # change the future only
-    after = build_samples(totals, LabelRule(), lags=4, history_weeks=8)
-    after = after.select(after.weeks == target)
-    np.testing.assert_array_equal(before.values, after.values)
-    assert list(before.datasets) == list(after.datasets)
+    columns = table.columns
+    past = columns["week"] < target
+    future_rows = np.flatnonzero(~past)[::2]                           # drop half of the future, change the rest
+    changed = {k: np.concatenate([v[past], v[future_rows]]) for k, v in columns.items()}
+    changed["naccess"][past.sum():] *= 7
+    brand_new = {k: v[:1].copy() for k, v in changed.items()}
+    brand_new.update(dataset=np.array(["/Brand/New-v1/AOD"], dtype=object), week=np.array([target]),
+                     creation_week=np.array([target]), naccess=np.array([500]))
+    changed = {k: np.concatenate([v, brand_new[k]]) for k, v in changed.items()}
+    before = target_week_samples(table, target)
+    assert all(len(v) == len(raw_columns(4)) for v in before.values())
+    after = target_week_samples(PopularityTable(changed), target)
+    assert len(before) > 50 and sorted(before) == sorted(after)
+    for name, values in before.items():
+        np.testing.assert_array_equal(values, after[name])
+    created_recently = set(columns["dataset"][(columns["creation_week"] >= target - 8) & ~past])
+    read_before = set(columns["dataset"][past & (columns["week"] >= target - 8)])
+    assert created_recently - read_before, "the records should hold datasets first read in or after the target"
+    assert not (created_recently - read_before) & set(before)
 
 
 def test_source_state_describes_features(records_file: Path) -> None:

@@ -1,9 +1,12 @@
 """Next-week popularity samples: one row per (dataset, target week) built only from the weeks before it.
 
-A dataset is a candidate for week ``w`` once created (``creation_week <= w``) while it was read in the
-``history_weeks`` before ``w`` or created within them. Its raw history values (:data:`RAW_COLUMNS`) are
-``log1p``-scaled and its tier one-hot encoded (tier vocabulary fitted on training rows; unseen tiers go to
-``other``). Imports no torch, so that the same features can be built in production from raw records.
+A dataset is a candidate for week ``w`` when it was read in the ``history_weeks`` before ``w``: the candidate set
+comes only from records of earlier weeks. A dataset that has no record before ``w`` (new, or created earlier but
+first read in ``w`` or later) is known only from reads of week ``w`` on, so it is no candidate; such datasets are
+counted per week by :func:`uncovered_per_week` (new ones, and dormant ones not read within ``history_weeks``).
+Its raw history values (:func:`raw_columns`) are ``log1p``-scaled and its tier one-hot encoded (tier vocabulary
+fitted on training rows; unseen tiers go to ``other``). Imports no torch, so that the same features can be built
+in production from raw records.
 """
 
 from __future__ import annotations
@@ -69,11 +72,7 @@ def build_samples(totals: WeeklyTotals, rule: LabelRule, lags: int = 4, history_
     n_ds, n_weeks = totals.naccess.shape
     chunks = []
     for t in range(1, n_weeks):
-        week = totals.first_week + t
-        lo = max(0, t - history_weeks)
-        read = totals.naccess[:, lo:t] > 0
-        recent_create = totals.creation >= week - history_weeks
-        rows = np.flatnonzero((totals.creation <= week) & (read.any(axis=1) | recent_create))
+        rows = candidates(totals, t, history_weeks)
         if len(rows):
             chunks.append((t, rows, _history(totals, popular, rows, t, lags, history_weeks)))
     if not chunks:
@@ -83,6 +82,33 @@ def build_samples(totals: WeeklyTotals, rule: LabelRule, lags: int = 4, history_
     labels = np.concatenate([popular[r, t] for t, r, _ in chunks]).astype(np.int64)
     values = np.concatenate([v for _, _, v in chunks])
     return PopularitySamples(totals.names[rows], weeks, totals.tiers[rows], values, labels, totals.size_gb[rows])
+
+
+def candidates(totals: WeeklyTotals, t: int, history_weeks: int) -> np.ndarray:
+    """Rows of the datasets read in the `history_weeks` before week index t (records of weeks < t only)."""
+    return np.flatnonzero((totals.naccess[:, max(0, t - history_weeks):t] > 0).any(axis=1))
+
+
+def uncovered_per_week(totals: WeeklyTotals, rule: LabelRule, history_weeks: int = 8) -> dict[int, dict[str, int]]:
+    """Per target week, the datasets read that week that are no candidates, and how many of them are popular.
+
+    ``new``: no read in any earlier week of the records (their existence is known from this week's reads only);
+    ``dormant``: read before, but not in the last ``history_weeks``.
+    """
+    popular = totals.popular(rule)
+    read = totals.naccess > 0
+    seen_before = np.cumsum(read, axis=1) - read > 0
+    counts = {}
+    for t in range(1, totals.n_weeks):
+        covered = np.zeros(len(read), bool)
+        covered[candidates(totals, t, history_weeks)] = True
+        new = read[:, t] & ~seen_before[:, t]
+        dormant = read[:, t] & seen_before[:, t] & ~covered
+        counts[totals.first_week + t] = {
+            "n_new": int(new.sum()), "n_new_popular": int((new & popular[:, t]).sum()),
+            "n_dormant": int(dormant.sum()), "n_dormant_popular": int((dormant & popular[:, t]).sum()),
+        }
+    return counts
 
 
 def _history(totals: WeeklyTotals, popular: np.ndarray, rows: np.ndarray, t: int, lags: int, history: int) -> np.ndarray:

@@ -3,6 +3,8 @@
 For every target week the tabular DNN and the scikit-learn baselines (random forest, gradient boosting,
 decision tree) are trained on the same window and scored with AUC, FPR and FNR; the cost reading is the TB of
 extra transfers that 1% FPR means that week (1% of the unpopular candidates times their mean size).
+Candidates are the datasets read in the weeks before the target week; datasets read in the target week that are
+no candidates (new ones, dormant ones) are counted in every row and in the summary, not scored.
 Each finished week is appended to ``windows.jsonl``, so a stopped run continues where it was.
 Outputs in ``out``: metrics.csv, summary.json, windows.png, predictions.csv, config.yaml, windows.jsonl.
 """
@@ -24,13 +26,16 @@ from threadpoolctl import threadpool_limits
 
 from cmsdl.config import hydra_app, instantiate_logged
 from cmsdl.data.popularity import LabelRule, load_popularity, weekly_totals
-from cmsdl.data.popularity_features import PopularitySamples, build_samples, feature_matrix
+from cmsdl.data.popularity_features import PopularitySamples, build_samples, feature_matrix, uncovered_per_week
 from cmsdl.errors import ConfigError
 from cmsdl.io import atomic_write, write_config, write_json
 
 log = logging.getLogger(__name__)
 DNN = "dnn"
 STATE = "windows.jsonl"
+# how the candidates of a target week are chosen; windows.jsonl entries of another rule are recomputed
+CANDIDATES = "read in the history weeks before the target week"
+UNCOVERED = ("n_new", "n_new_popular", "n_dormant", "n_dormant_popular")
 
 
 def window_weeks(weeks: np.ndarray, train_weeks: int, step: int, max_windows: int | None) -> list[int]:
@@ -90,8 +95,9 @@ def train_dnn(cfg: DictConfig, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
     return predict
 
 
-def run_window(cfg: DictConfig, samples: PopularitySamples, week: int, train_weeks: int) -> dict[str, Any]:
-    """Train every model on the weeks before `week` and score them on `week`."""
+def run_window(cfg: DictConfig, samples: PopularitySamples, week: int, train_weeks: int,
+               uncovered: dict[str, int]) -> dict[str, Any]:
+    """Train every model on the weeks before `week` and score them on `week`; `uncovered` goes into each row."""
     train = samples.select((samples.weeks < week) & (samples.weeks >= week - train_weeks))
     test = samples.select(samples.weeks == week)
     tiers = sorted(set(train.tiers))
@@ -113,24 +119,26 @@ def run_window(cfg: DictConfig, samples: PopularitySamples, week: int, train_wee
         seconds[name] = time.perf_counter() - start
     rows = [{"week": week, "model": name, "n_train": len(train), "n": len(test), "n_popular": int(test.labels.sum()),
              **rates(test.labels, p, cfg.decision_threshold),
-             **transfer_cost(test.labels, p, test.size_gb, cfg.decision_threshold), "fit_s": seconds[name]}
+             **transfer_cost(test.labels, p, test.size_gb, cfg.decision_threshold), "fit_s": seconds[name],
+             **{key: uncovered.get(key, 0) for key in UNCOVERED}}
             for name, p in probs.items()]
     predictions = {"datasets": test.datasets.tolist(), "labels": test.labels.tolist(),
                    "size_gb": np.round(test.size_gb, 1).tolist(),
                    "probs": {name: np.round(p, 5).tolist() for name, p in probs.items()}}
-    return {"week": week, "rows": rows, "predictions": predictions}
+    return {"week": week, "candidates": CANDIDATES, "rows": rows, "predictions": predictions}
 
 
 def finished_windows(out: Path) -> dict[int, dict[str, Any]]:
-    """Windows already written by an earlier attempt (a cut-off last line is ignored)."""
+    """Windows already written by an earlier attempt (a cut-off last line and other candidate rules are ignored)."""
     done: dict[int, dict[str, Any]] = {}
     path = out / STATE
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
                 entry = json.loads(line)
-                done[int(entry["week"])] = entry
-            except (ValueError, KeyError, TypeError):
+                if entry.get("candidates") == CANDIDATES:
+                    done[int(entry["week"])] = entry
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
     return done
 
@@ -157,14 +165,23 @@ def write_outputs(out: Path, windows: list[dict[str, Any]], bad: list[Any]) -> d
     write_predictions(out / "predictions.csv", windows)
     plot_windows(out / "windows.png", rows)
     models = list(dict.fromkeys(r["model"] for r in rows))
-    summary = {"weeks": [w["week"] for w in windows], "models": {}, "bad_records": len(bad),
-               "bad_lines": [b.line for b in bad[:100]]}
+    summary = {"weeks": [w["week"] for w in windows], "candidates": candidate_summary(windows), "models": {},
+               "bad_records": len(bad), "bad_lines": [b.line for b in bad[:100]]}
     for m in models:
         mine = [r for r in rows if r["model"] == m]
         summary["models"][m] = {k: float(np.nanmean([r[k] for r in mine])) for k in
                                 ("auc", "fpr", "fnr", "tb_per_1pct_fpr", "extra_tb", "fit_s")}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def candidate_summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over all target weeks: candidates scored, and datasets read but not candidates (new, dormant)."""
+    first_rows = [w["rows"][0] for w in windows]
+    totals = {key: int(sum(r[key] for r in first_rows)) for key in ("n", "n_popular", *UNCOVERED)}
+    popular = totals["n_popular"] + totals["n_new_popular"] + totals["n_dormant_popular"]
+    return {"rule": CANDIDATES, **totals,
+            "popular_not_candidates_share": (popular - totals["n_popular"]) / popular if popular else 0.0}
 
 
 def write_predictions(path: Path, windows: list[dict[str, Any]]) -> None:
@@ -213,6 +230,11 @@ def print_table(summary: dict[str, Any], windows: list[dict[str, Any]]) -> None:
     for m, s in summary["models"].items():
         print(f"{m}: AUC {s['auc']:.3f}, FPR {s['fpr']:.3f}, FNR {s['fnr']:.3f}, "
               f"{s['tb_per_1pct_fpr']:.1f} TB of transfers per 1% FPR, {s['fit_s']:.2f} s per window")
+    c = summary["candidates"]
+    print(f"candidates ({c['rule']}): {c['n']} dataset-weeks, {c['n_popular']} popular; not candidates, not "
+          f"scored: {c['n_new']} new datasets ({c['n_new_popular']} popular), {c['n_dormant']} dormant "
+          f"({c['n_dormant_popular']} popular): {100 * c['popular_not_candidates_share']:.1f}% of the popular "
+          "dataset-weeks")
 
 
 def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
@@ -227,7 +249,9 @@ def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
     write_config(out / "config.yaml", cfg)
     table = load_popularity(cfg.input)
     rule = LabelRule(cfg.label.metric, cfg.label.threshold)
-    samples = build_samples(weekly_totals(table), rule, cfg.features.lags, cfg.features.history_weeks)
+    totals = weekly_totals(table)
+    samples = build_samples(totals, rule, cfg.features.lags, cfg.features.history_weeks)
+    uncovered = uncovered_per_week(totals, rule, cfg.features.history_weeks)
     train_weeks = int(round(cfg.train_months * cfg.weeks_per_month))
     targets = window_weeks(samples.weeks, train_weeks, cfg.step_weeks, cfg.max_windows)
     for name, model_cfg in {"dnn.net": cfg.dnn.net, **(cfg.baselines or {})}.items():
@@ -238,7 +262,7 @@ def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
     with open(out / STATE, "a") as state, threadpool_limits(limits=cfg.threads):
         for week in tqdm(targets, desc="windows", unit="week", disable=not cfg.progress):
             if week not in done:
-                done[week] = run_window(cfg, samples, week, train_weeks)
+                done[week] = run_window(cfg, samples, week, train_weeks, uncovered.get(week, {}))
                 state.write(json.dumps(done[week]) + "\n")
                 state.flush()
     windows = [done[w] for w in targets]
