@@ -12,7 +12,7 @@ import pytest
 from cmsdl.data.popularity import LabelRule, PopularityTable, load_popularity, weekly_totals, write_popularity
 from cmsdl.data.popularity_features import (PopularitySamples, PopularitySource, build_samples, raw_columns,
                                             uncovered_per_week)
-from cmsdl.data.popularity_sim import TIER_COUNTS, simulate_popularity
+from cmsdl.data.popularity_sim import TIER_COUNTS, format_tier_table, simulate_popularity, tier_table
 from cmsdl.errors import InputFormatError
 from tests.conftest import run_cmsdl
 
@@ -100,6 +100,21 @@ def test_dormant_dataset_read_again_is_counted_not_scored() -> None:
     assert candidate_weeks(samples, "Back") == [1, 2, 7]
     uncovered = uncovered_per_week(totals, LabelRule(), history_weeks=2)
     assert uncovered[6] == {"n_new": 0, "n_new_popular": 0, "n_dormant": 1, "n_dormant_popular": 1}
+
+
+def test_table1_counts_datasets_by_period_totals_with_column_shares() -> None:
+    columns = records([*(("Steady", 0, w, 3) for w in range(5)),     # 15 reads, never more than 10 in a week
+                       ("Burst", 0, 2, 40), ("Quiet", 1, 1, 4)]).columns
+    user = columns["dataset"] == "/Quiet/Run2016B-v1/AOD"
+    columns["tier"][user], columns["dataset"][user] = "USER", "/Quiet/Run2016B-v1/USER"
+    rows = tier_table(columns, [LabelRule("naccess", 10.0), LabelRule("log_nusers", 2.0)])
+    assert rows == [{"tier": "AOD", "no cut": 2, "naccess > 10": 2, "log(nusers) > 2": 0},
+                    {"tier": "USER", "no cut": 1, "naccess > 10": 0, "log(nusers) > 2": 0},
+                    {"tier": "ALL", "no cut": 3, "naccess > 10": 2, "log(nusers) > 2": 0}]
+    lines = format_tier_table(rows)
+    assert "AOD | 2 (66.67%) | 2 (100.00%) | 0 (0.00%)" in lines and "ALL | 3 | 2 | 0" in lines
+    assert any(line.startswith("pass rate: naccess > 10 66.7% (seed 87.2%)") for line in lines)
+    assert any(line.startswith("- naccess > 10: the dataset's reads summed over all sites and weeks") for line in lines)
 
 
 def target_week_samples(table: PopularityTable, week: int) -> dict[str, np.ndarray]:
