@@ -1,9 +1,11 @@
-"""Small file helpers shared by every command: atomic writes, so that no half-written output is left behind."""
+"""Small file helpers shared by every command: atomic writes, so that no half-written output is left behind, and
+the one reader of input files (text with or without a UTF-8 BOM; JSON that cannot crash its reader)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,11 +72,37 @@ def write_config(path: str | os.PathLike, cfg: Any) -> Path:
 
 
 def read_input_text(path: str | os.PathLike, what: str) -> str:
-    """The text of an input file; a missing or unreadable one raises one InputFormatError naming it and `what`."""
+    """The text of a UTF-8 input file, without the byte-order mark that spreadsheet exports put first; a missing
+    or unreadable one raises one InputFormatError naming it and `what`."""
     path = Path(path)
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputFormatError(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputFormatError(f"{path}: cannot read {what} ({err})") from None
+
+
+MAX_INT_DIGITS = 300  # beyond float64; in a document with an integer too long for Python, longer ones become ±inf
+
+
+def loads_json(text: str) -> Any:
+    """json.loads for input files; every way the text can fail raises ValueError with a one-line reason.
+
+    Nesting deeper than Python's recursion limit is a ValueError (not a RecursionError); integers longer than
+    Python's limit for text conversion are read as ±inf (instead of failing the whole document), so that the
+    caller's range check can name the field. A json.JSONDecodeError (also a ValueError) keeps its position.
+    """
+    try:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+            return json.loads(text, parse_int=_int_or_infinity)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {sys.getrecursionlimit()} levels") from None
+
+
+def _int_or_infinity(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else float(text)

@@ -9,10 +9,12 @@ One CSV file (format ``cmsdl-popularity/1``) with this header and one row per (d
   USER, ...). ``week`` and ``creation_week`` are integer week numbers on one common scale (week 0 is the first
   week of the study); a dataset is never read before it is created.
 - ``naccess`` (reads), ``nusers`` (distinct users) and ``nfiles`` are non-negative integers; ``cpu_hours`` and
-  ``size_gb`` (dataset size, GB) are non-negative numbers.
+  ``size_gb`` (dataset size, GB) are non-negative numbers. Integers fit in 64 bits, numbers in float32.
 
-Bad rows (wrong number of fields, a field of the wrong type, a read before creation, a truncated last line
-without its newline) are skipped and reported with their line numbers; the rest is used. Imports no torch.
+A UTF-8 byte-order mark before the header (spreadsheet exports) is ignored. Bad rows (wrong number of fields, a
+field of the wrong type or out of range, a read before creation, a field over the csv module's size limit, a
+truncated last line without its newline) are skipped and reported with their line numbers; the rest is used.
+The weeks of a file may span at most MAX_WEEKS (the weekly totals are a dense grid). Imports no torch.
 A dataset is *popular* in a week when its reads summed over sites pass the label rule (``naccess > 10`` by
 default, or the seed's alternative ``log(nusers) > 2``).
 """
@@ -23,13 +25,15 @@ import csv
 import io
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.errors import BadRecord, ConfigError, InputFormatError, describe_bad_records, shown
 from cmsdl.io import atomic_write, read_input_text
 
 log = logging.getLogger(__name__)
@@ -39,15 +43,10 @@ COLUMNS = ("dataset", "tier", "week", "site", "naccess", "nusers", "cpu_hours", 
 INT_COLUMNS = ("week", "naccess", "nusers", "nfiles", "creation_week")
 FLOAT_COLUMNS = ("cpu_hours", "size_gb")
 LABEL_METRICS = ("naccess", "nusers", "cpu_hours", "log_naccess", "log_nusers", "log_cpu_hours")
-SHOW_BAD = 10
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A skipped input row: its 1-based line number and why it was skipped."""
-
-    line: int
-    reason: str
+MAX_WEEKS = 5200  # a century: the widest span of weeks one file may cover
+INT64_MAX = 2**63 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 @dataclass
@@ -66,9 +65,7 @@ class PopularityTable:
 
     def bad_summary(self) -> str:
         """One line: how many rows were skipped and the first few line numbers with reasons."""
-        shown = "; ".join(f"line {b.line}: {b.reason}" for b in self.bad[:SHOW_BAD])
-        more = f"; ... {len(self.bad) - SHOW_BAD} more" if len(self.bad) > SHOW_BAD else ""
-        return f"{self.source}: skipped {len(self.bad)} bad records ({shown}{more})"
+        return describe_bad_records(self.source, self.bad)
 
 
 @dataclass(frozen=True)
@@ -115,13 +112,14 @@ def parse_popularity(text: str, source: str = "<records>") -> PopularityTable:
         found = lines[0][:120] if lines else "an empty file"
         raise InputFormatError(f"{source}: line 1 must be the header {','.join(COLUMNS)} ({FORMAT}), got {found!r}")
     truncated = not text.endswith(("\n", "\r"))
+    last_line = text.count("\n") + int(truncated)
     good: list[list[str]] = []
     good_lines: list[int] = []
     bad: list[BadRecord] = []
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for number, row in _csv_rows(text, bad):
         if number == 1 or not row:
             continue
-        if truncated and number == len(lines):
+        if truncated and number == last_line:
             bad.append(BadRecord(number, "truncated last line (no newline at end of file)"))
         elif len(row) != len(COLUMNS):
             bad.append(BadRecord(number, f"{len(row)} fields, expected {len(COLUMNS)}"))
@@ -131,6 +129,21 @@ def parse_popularity(text: str, source: str = "<records>") -> PopularityTable:
     columns, more_bad = _convert(good, good_lines)
     bad = sorted(bad + more_bad, key=lambda b: b.line)
     return PopularityTable(columns, bad, source)
+
+
+def _csv_rows(text: str, bad: list[BadRecord]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row; a row the csv module refuses (a field over its size limit) is
+    added to `bad` and skipped."""
+    reader = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            bad.append(BadRecord(reader.line_num, f"not readable as CSV ({err})"))
+            continue
+        yield reader.line_num, row
 
 
 def _convert(rows: list[list[str]], lines: list[int]) -> tuple[dict[str, np.ndarray], list[BadRecord]]:
@@ -161,20 +174,24 @@ def _check_row(row: list[str]) -> str | None:
     record = dict(zip(COLUMNS, row))
     name = record["dataset"]
     if name.count("/") != 3 or not name.startswith("/") or not all(name.split("/")[1:]):
-        return f"field 'dataset' is {name!r}, expected /Primary/Processed/TIER"
+        return f"field 'dataset' is {shown(name)}, expected /Primary/Processed/TIER"
     if not record["site"]:
         return "field 'site' is empty"
     for key in INT_COLUMNS:
         text = record[key].strip()
-        if not (text.isdigit() or (key.endswith("week") and text.startswith("-") and text[1:].isdigit())):
-            return f"field '{key}' is {record[key]!r}, expected a non-negative integer"
+        if not _INTEGER.fullmatch(text) or (text.startswith("-") and not key.endswith("week")):
+            return f"field '{key}' is {shown(record[key])}, expected a non-negative integer"
+        if len(text) > 20 or abs(int(text)) > INT64_MAX:
+            return f"field '{key}' is {shown(record[key])}, beyond 64-bit integers"
     for key in FLOAT_COLUMNS:
         try:
             number = float(record[key])
         except ValueError:
-            return f"field '{key}' is {record[key]!r}, expected a number"
+            return f"field '{key}' is {shown(record[key])}, expected a number"
         if not math.isfinite(number) or number < 0:
-            return f"field '{key}' is {record[key]!r}, expected a non-negative number"
+            return f"field '{key}' is {shown(record[key])}, expected a non-negative number"
+        if number > FLOAT32_MAX:
+            return f"field '{key}' is {shown(record[key])}, beyond float32 (at most {FLOAT32_MAX:.3g})"
     if int(record["week"]) < int(record["creation_week"]):
         return f"week {record['week']} is before creation_week {record['creation_week']}"
     return None
@@ -221,6 +238,9 @@ def weekly_totals(table: PopularityTable) -> WeeklyTotals:
     """Sum a table over sites into dense (dataset x week) matrices; static attributes from the last row seen."""
     names, ds = np.unique(table["dataset"], return_inverse=True)
     first, last = int(table["week"].min()), int(table["week"].max())
+    if last - first >= MAX_WEEKS:
+        raise InputFormatError(f"{table.source}: field 'week' spans weeks {first} to {last}; expected at most "
+                               f"{MAX_WEEKS} weeks in one file (week 0 = the first week of the study)")
     wk = table["week"] - first
     shape = (len(names), last - first + 1)
     sums = {}

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from cmsdl.data.splits import SplitLoaders
-from cmsdl.errors import ConfigError
+from cmsdl.errors import ConfigError, InputFormatError
 
 log = logging.getLogger(__name__)
 TASKS = ("classification", "regression")
@@ -124,6 +124,8 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
     def _build(self) -> None:
         records, labels = self.source.load()
         regression = self.task == "regression"
+        if not regression:
+            self._check_classes(labels)
         train, val, test = stratified_split(labels, self.split, self.seed, stratified=not regression)
         if not self.source.fitted:
             self.source.fit([records[i] for i in train])
@@ -131,6 +133,7 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
         if self.mean is None:
             self._fit_scaling(features[train])
         features = (features - self.mean) / self.std
+        self._check_finite(features, labels, records)
         x = torch.from_numpy(features.astype(np.float32))
         y = torch.from_numpy(labels.astype(np.float32 if regression else np.int64))
         self.records = records
@@ -141,13 +144,40 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
             x.shape[1], len(train), len(val), len(test), self.class_names,
         )
 
+    def _source_name(self) -> str:
+        return str(getattr(self.source, "path", type(self.source).__name__))
+
+    def _check_classes(self, labels: np.ndarray) -> None:
+        """A classifier needs records of at least two classes; one class alone would train to a meaningless score."""
+        present = np.unique(labels)
+        if len(present) < 2:
+            found = ", ".join(repr(self.class_names[int(k)]) for k in present) or "no records"
+            raise InputFormatError(f"{self._source_name()}: every record has class {found}; training a classifier "
+                                   f"needs records of at least two of {self.class_names}")
+
+    def _check_finite(self, features: np.ndarray, labels: np.ndarray, records: Sequence[Any]) -> None:
+        """Never train on NaN: a non-finite scaled feature or target stops the run, naming the record and column."""
+        bad = ~np.isfinite(features)
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            name = str(getattr(records[row], "name", row))
+            raise InputFormatError(f"{self._source_name()}: record {name!r} has feature {self.feature_names[column]!r}"
+                                   f" = {features[row, column]} after scaling; features must be finite float32")
+        if labels.dtype.kind == "f" and not np.isfinite(labels.astype(np.float32)).all():
+            row = int(np.flatnonzero(~np.isfinite(labels.astype(np.float32)))[0])
+            name = str(getattr(records[row], "name", row))
+            raise InputFormatError(f"{self._source_name()}: record {name!r} has target {labels[row]}; targets must be "
+                                   "finite float32")
+
     def _fit_scaling(self, train_features: np.ndarray) -> None:
+        """Mean and standard deviation of the training features, computed in float64 (float32 sums overflow)."""
         n = train_features.shape[1]
         if not self.standardize:
             self.mean, self.std = np.zeros(n, np.float32), np.ones(n, np.float32)
             return
-        self.mean = train_features.mean(axis=0).astype(np.float32)
-        std = train_features.std(axis=0).astype(np.float32)
+        wide = train_features.astype(np.float64)
+        self.mean = wide.mean(axis=0).astype(np.float32)
+        std = wide.std(axis=0).astype(np.float32)
         self.std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:

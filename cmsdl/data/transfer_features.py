@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cmsdl.data.transfers import FORMAT, MARKER, FlatTable, flatten_records, read_transfer_log
+from cmsdl.data.transfers import FORMAT, MARKER, FlatTable, drop_beyond_float32, flatten_records, read_transfer_log
 from cmsdl.errors import ConfigError, InputFormatError
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,9 @@ class TransferSource:
 
     def load(self) -> tuple[list[TransferRow], np.ndarray]:
         transfer_log = read_transfer_log(self.path, self.marker)
+        self.table = drop_beyond_float32(transfer_log, flatten_records(transfer_log.records, self.features.list_limit))
         if transfer_log.bad:
             log.warning(transfer_log.bad_summary())
-        self.table = flatten_records(transfer_log.records, self.features.list_limit)
         self.log_bytes = transfer_log.n_bytes
         latency, classes, valid = latency_targets(self.table, self.early_queue_hours, self.late_rate_mb_s)
         if valid.sum() < 10:

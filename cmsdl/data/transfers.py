@@ -8,9 +8,11 @@ by default), usually one record per line; a record may span lines. Example::
      "params": {"streams": 4}, "start_time": 1528100420.5, "end_time": 1528100980.0, "failures": 0}<EOR>
 
 Required: ``tr_id`` (string), ``submit_time`` (number), ``src.site`` and ``dst.site`` (strings),
-``file.bytes`` (number). Everything else is optional and may be missing. Records that are not JSON objects,
-miss a required field, have one of the wrong type, or are cut off (text after the last marker) are skipped
-and reported with their line numbers.
+``file.bytes`` (number). Everything else is optional and may be missing. A UTF-8 byte-order mark before the
+first record is ignored. Records that are not JSON objects (or nest deeper than Python's recursion limit), miss
+a required field, have one of the wrong type, or are cut off (text after the last marker) are skipped and
+reported with their line numbers; so are, when training, records with a number beyond float32 (features are
+float32: ``file.bytes = 1e40`` would turn every loss into NaN).
 
 Flattening: nested objects become dotted names (``src.site``), a list becomes ``name.len`` plus its first
 ``list_limit`` items (``retries.0.reason``). Numbers and booleans stay numbers; text is hashed to a number
@@ -27,31 +29,30 @@ from typing import Any
 
 import numpy as np
 
-from cmsdl.data.popularity import BadRecord
-from cmsdl.errors import InputFormatError
-from cmsdl.io import read_input_text
+from cmsdl.errors import BadRecord, InputFormatError, describe_bad_records, shown
+from cmsdl.io import loads_json, read_input_text
 
 FORMAT = "cmsdl-transfers/1"
 MARKER = "<EOR>"
 REQUIRED: dict[str, tuple[type, ...]] = {
     "tr_id": (str,), "submit_time": (int, float), "src.site": (str,), "dst.site": (str,), "file.bytes": (int, float),
 }
-SHOW_BAD = 10
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
 class TransferLog:
-    """The good records of a log (decoded JSON objects), the skipped ones, and the text size read."""
+    """The good records of a log (decoded JSON objects) with the line each starts on, the skipped ones, and the
+    text size read."""
 
     records: list[dict[str, Any]]
     bad: list[BadRecord] = field(default_factory=list)
     source: str = "<log>"
     n_bytes: int = 0
+    lines: list[int] = field(default_factory=list)
 
     def bad_summary(self) -> str:
-        shown = "; ".join(f"line {b.line}: {b.reason}" for b in self.bad[:SHOW_BAD])
-        more = f"; ... {len(self.bad) - SHOW_BAD} more" if len(self.bad) > SHOW_BAD else ""
-        return f"{self.source}: skipped {len(self.bad)} bad records ({shown}{more})"
+        return describe_bad_records(self.source, sorted(self.bad, key=lambda b: b.line))
 
 
 def read_transfer_log(path: str | Path, marker: str = MARKER) -> TransferLog:
@@ -70,30 +71,32 @@ def parse_transfer_log(text: str, marker: str = MARKER, source: str = "<log>") -
     tail = chunks.pop()
     bad: list[BadRecord] = []
     try:
-        decoded: list[Any] | None = json.loads("[" + ",".join(chunks) + "]") if chunks else []
-    except json.JSONDecodeError:
+        decoded: list[Any] | None = loads_json("[" + ",".join(chunks) + "]") if chunks else []
+    except ValueError:
         decoded = None
     lines = _start_lines(chunks)
     records: list[dict[str, Any]] = []
+    good_lines: list[int] = []
     for i, chunk in enumerate(chunks):
         if decoded is not None:
             obj = decoded[i]
         else:
             try:
-                obj = json.loads(chunk)
-            except json.JSONDecodeError as err:
-                bad.append(BadRecord(lines[i], f"not valid JSON ({err.msg})"))
+                obj = loads_json(chunk)
+            except ValueError as err:
+                bad.append(BadRecord(lines[i], f"not valid JSON ({getattr(err, 'msg', err)})"))
                 continue
         problem = check_record(obj)
         if problem:
             bad.append(BadRecord(lines[i], problem))
         else:
             records.append(obj)
+            good_lines.append(lines[i])
     if tail.strip():
         start = 1 + text.count("\n", 0, len(text) - len(tail))
         first = start + tail.count("\n", 0, len(tail) - len(tail.lstrip()))
         bad.append(BadRecord(first, f"truncated record (no {marker!r} marker before the end of the file)"))
-    return TransferLog(records, bad, source, len(text.encode()))
+    return TransferLog(records, bad, source, len(text.encode()), good_lines)
 
 
 def _start_lines(chunks: list[str]) -> list[int]:
@@ -118,7 +121,7 @@ def check_record(obj: Any) -> str | None:
             return f"missing field '{name}'"
         if isinstance(value, bool) or not isinstance(value, types):
             expected = "a string" if types == (str,) else "a number"
-            return f"field '{name}' is {value!r}, expected {expected}"
+            return f"field '{name}' is {shown(value)}, expected {expected}"
     return None
 
 
@@ -167,6 +170,36 @@ class FlatTable:
         """Size of the table (or of some of its columns) as float32 cells."""
         return 4 * self.n_rows * len(self.columns if names is None else names)
 
+    def beyond_float32(self) -> dict[int, str]:
+        """Rows holding a number that float32 cannot hold (±inf included; missing values are not), each with the
+        first such column."""
+        found: dict[int, str] = {}
+        for name, column in self.columns.items():
+            with np.errstate(invalid="ignore"):
+                for row in np.flatnonzero(np.abs(column) > FLOAT32_MAX).tolist():
+                    found.setdefault(row, name)
+        return found
+
+    def take(self, rows: np.ndarray) -> FlatTable:
+        """The table of `rows` only."""
+        return FlatTable({name: column[rows] for name, column in self.columns.items()}, dict(self.kinds), len(rows))
+
+
+def drop_beyond_float32(transfer_log: TransferLog, table: FlatTable) -> FlatTable:
+    """Skip the records whose numbers float32 cannot hold (reported in `transfer_log.bad` with line and field);
+    returns the table of the other records, and leaves only those in `transfer_log.records`."""
+    found = table.beyond_float32()
+    if not found:
+        return table
+    for row, name in sorted(found.items()):
+        value = float(table.columns[name][row])
+        transfer_log.bad.append(BadRecord(transfer_log.lines[row], f"field '{name}' is {value:g}, beyond float32 "
+                                                                   f"(features are float32; at most {FLOAT32_MAX:.3g})"))
+    keep = np.array([row for row in range(table.n_rows) if row not in found], dtype=np.int64)
+    transfer_log.records = [transfer_log.records[row] for row in keep]
+    transfer_log.lines = [transfer_log.lines[row] for row in keep]
+    return table.take(keep)
+
 
 def flatten_records(records: list[dict[str, Any]], list_limit: int = 2) -> FlatTable:
     """Flatten many records straight into columns: values are gathered per column, then converted once."""
@@ -210,7 +243,7 @@ def _convert(values: list[Any]) -> tuple[np.ndarray, str]:
     """Numbers as they are (booleans 0/1, null missing), text hashed once per distinct value."""
     try:
         return np.array(values, dtype=np.float64), "number"
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     memo: dict[str, float] = {}
     out = np.empty(len(values))
@@ -218,14 +251,22 @@ def _convert(values: list[Any]) -> tuple[np.ndarray, str]:
         if value is None:
             out[j] = np.nan
         elif isinstance(value, (int, float)):
-            out[j] = float(value)
+            out[j] = _as_float(value)
         else:
             text = str(value)
             number = memo.get(text)
             if number is None:
                 number = memo[text] = text_hash(text)
             out[j] = number
-    return out, "text"
+    return out, "text" if memo else "number"
+
+
+def _as_float(number: int | float) -> float:
+    """A JSON number as float64; an integer beyond float64 becomes ±inf (and is reported where that matters)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return float("inf") if number > 0 else float("-inf")
 
 
 def naive_flatten_table(lines: list[str], marker: str = MARKER, list_limit: int = 2,

@@ -22,27 +22,30 @@ Example document (``cmsdl simulate-workflows`` writes this format)::
     }
 
 - ``errors`` maps a CMS exit code (a string holding an integer, e.g. ``"50660"`` or ``"-1"``) to the number of
-  failed jobs per site. Counts are non-negative integers.
+  failed jobs per site. Codes and counts fit in 64 bits; counts are non-negative integers.
 - ``site_status`` gives each site's status when the errors were seen: ``good``, ``bad``, or ``unknown``.
   A site that is missing, ``null`` or ``unknown`` is treated as good, as in the seed study.
 - ``action`` is what the operator did: one of :data:`ACTIONS`; it may be missing or ``null`` for workflows
   that are still to be handled (prediction and clustering need no action).
-A bare list of workflows is accepted as the whole document too.
+A bare list of workflows is accepted as the whole document too, and so is a UTF-8 byte-order mark before it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cmsdl.errors import InputFormatError
-from cmsdl.io import read_input_text
+from cmsdl.errors import InputFormatError, shown
+from cmsdl.io import loads_json, read_input_text
 
 FORMAT = "cmsdl-workflows/1"
 ACTIONS = ("acdc", "clone", "kill", "resubmit")
 SITE_STATUSES = ("good", "bad", "unknown")
+INT64_MAX = 2**63 - 1
+_CODE = re.compile(r"-?[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,11 @@ def load_workflows(path: str | Path) -> list[Workflow]:
     path = Path(path)
     text = read_input_text(path, "workflow file")
     try:
-        doc = json.loads(text)
+        doc = loads_json(text)
     except json.JSONDecodeError as err:
         raise InputFormatError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except ValueError as err:
+        raise InputFormatError(f"{path}: not usable JSON ({err})") from None
     return parse_workflows(doc, source=str(path))
 
 
@@ -94,10 +99,11 @@ def _parse_workflow(rec: Any, index: int, source: str) -> Workflow:
     name = rec.get("name")
     if not isinstance(name, str) or not name:
         raise InputFormatError(f"{where}: field 'name' must be a non-empty string")
-    where = f"{source}: workflow '{name}'"
+    where = f"{source}: workflow {shown(name)}"
     action = rec.get("action")
     if action is not None and action not in ACTIONS:
-        raise InputFormatError(f"{where}: field 'action' is {action!r}, expected one of {', '.join(ACTIONS)} or null")
+        raise InputFormatError(f"{where}: field 'action' is {shown(action)}, expected one of {', '.join(ACTIONS)} "
+                               "or null")
     tasks = rec.get("tasks")
     if not isinstance(tasks, list):
         raise InputFormatError(f"{where}: field 'tasks' must be a list of tasks")
@@ -117,24 +123,26 @@ def _parse_task(task: Any, where: str) -> list[ErrorCount]:
         raise InputFormatError(f"{where}: field 'site_status' must map sites to good/bad/unknown")
     for site, value in status.items():
         if value is not None and value not in SITE_STATUSES:
-            raise InputFormatError(f"{where}.site_status['{site}']: got {value!r}, expected good, bad, unknown or null")
+            raise InputFormatError(f"{where}.site_status[{shown(site)}]: got {shown(value)}, expected good, bad, "
+                                   "unknown or null")
     out = []
     for code_text, per_site in task["errors"].items():
         code = _parse_code(code_text, f"{where}.errors")
         if not isinstance(per_site, dict):
-            raise InputFormatError(f"{where}.errors['{code_text}']: expected {{site: count}}, got {per_site!r}")
+            raise InputFormatError(f"{where}.errors[{shown(code_text)}]: expected {{site: count}}, got {shown(per_site)}")
         for site, count in per_site.items():
+            field = f"{where}.errors[{shown(code_text)}][{shown(site)}]"
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                raise InputFormatError(
-                    f"{where}.errors['{code_text}']['{site}']: expected a non-negative integer count, got {count!r}"
-                )
+                raise InputFormatError(f"{field}: expected a non-negative integer count, got {shown(count)}")
+            if count > INT64_MAX:
+                raise InputFormatError(f"{field}: count {shown(count)} does not fit in 64 bits")
             if count:
                 out.append(ErrorCount(code, site, status.get(site) == "bad", count))
     return out
 
 
 def _parse_code(text: str, where: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise InputFormatError(f"{where}: exit code {text!r} is not an integer") from None
+    code = int(text) if _CODE.fullmatch(text) else None
+    if code is None or not -INT64_MAX - 1 <= code <= INT64_MAX:
+        raise InputFormatError(f"{where}: exit code {shown(text)} is not an integer of at most 64 bits")
+    return code
