@@ -207,6 +207,7 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
             "class_names": self.class_names,
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
+            "defaults": dict(getattr(self.source, "feature_defaults", {})),  # features a row may leave out
             "source": self.source.state_dict(),
         }
 

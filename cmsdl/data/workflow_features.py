@@ -129,6 +129,11 @@ class WorkflowActionSource:
     def feature_names(self) -> list[str]:
         return self.matrix.feature_names
 
+    @property
+    def feature_defaults(self) -> dict[str, float]:
+        """Every feature counts failed jobs: a feature row that leaves one out has none of them (0)."""
+        return dict.fromkeys(self.feature_names, 0.0)
+
     def load(self) -> tuple[list[Workflow], np.ndarray]:
         """Workflows whose action is one of the classes, and their class indices."""
         workflows = load_workflows(self.path)
