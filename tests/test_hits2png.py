@@ -17,6 +17,7 @@ import pytest
 import uproot
 from PIL import Image
 
+from cmsdl.hits.convert import safe_name
 from cmsdl.hits.png import MODES, decode_png, encode_png, encode_pngs
 from cmsdl.hits.read import Chunk
 from cmsdl.hits.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
@@ -209,3 +210,88 @@ def test_bad_settings_stop_with_one_line(tmp_path: Path, override: str, message:
     write_sim(tmp_path / "jpsi_0.root", "jpsi", 2)
     proc = run_cmsdl("hits2png", "input=*.root", "out=img", override, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("..", "_."), (".", "_"), ("...", "_.."), (".parts", "_parts"), ("../../etc", "_.-..-etc"), ("a/b", "a-b"),
+    ("", "x"), ("-", "x"), ("jpsi", "jpsi"), ("x" * 300, "x" * 91 + "-"), ("Higgs 125", "Higgs-125"),
+])
+def test_class_labels_become_safe_directory_names(label: str, expected: str) -> None:
+    name = safe_name(label)
+    assert name.startswith(expected) and len(name) <= 100
+    assert "/" not in name and not name.startswith(".") and name not in ("", ".", "..")
+
+
+def test_hostile_class_labels_stay_inside_out(tmp_path: Path) -> None:
+    """Labels `..`, `.`, `.parts` and `../escape` (integer codes through labels.classes) write under out/ only."""
+    hostile = ["..", ".", ".parts", "../escape"]
+    hit = simulate_events("qcd", 8, 4)["hit"]
+    counts = ak.to_numpy(ak.num(hit.x))
+    (tmp_path / "in").mkdir()
+    with uproot.recreate(tmp_path / "in" / "flat.root") as f:
+        f["hits"] = {"evt": np.repeat(np.arange(8), counts).astype(np.int64),
+                     "hx": ak.to_numpy(ak.flatten(hit.x)), "hy": ak.to_numpy(ak.flatten(hit.y)),
+                     "hz": ak.to_numpy(ak.flatten(hit.z)), "kind": np.repeat(np.arange(8) % 4, counts).astype(np.int32)}
+    classes = "[" + ",".join(f"'{c}'" for c in hostile) + "]"
+    run_cmsdl("hits2png", "input=in/flat.root", "out=work/img", "tree=hits", "branches.x=hx", "branches.y=hy",
+              "branches.z=hz", "branches.layer=null", "branches.subdet=null", "branches.event=evt", "labels.files={}",
+              "labels.branch=kind", f"labels.classes={classes}", "size=16", "workers=0", "progress=false", cwd=tmp_path)
+    out = tmp_path / "work" / "img"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["img"], "nothing written beside out"
+    assert not list((tmp_path / "in").glob("*.png")) and not list(tmp_path.glob("*.png"))
+    assert all(p.suffix == ".csv" for p in (out / ".parts").iterdir()), "no image among the resume bookkeeping"
+    rows = manifest(out)
+    assert [r["class"] for r in rows] == [hostile[e % 4] for e in range(8)]
+    folders = {r["class"]: Path(r["path"]).parent.as_posix() for r in rows}
+    assert folders == {"..": "_.", ".": "_", ".parts": "_parts", "../escape": "_.-escape"}
+    assert all((out / r["path"]).resolve().is_relative_to(out.resolve()) and (out / r["path"]).is_file() for r in rows)
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for k in range(2):
+        write_sim(raw / f"qcd_{k}.root", "qcd", 200, seed=k)
+    args = [sys.executable, "-m", "cmsdl.cli", "hits2png", "input=raw/*.root", "out=img", "labels.files={qcd: 'qcd_*'}",
+            "size=48", "step_size=10", "workers=2", "compress_level=9", "progress=false"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "img" / ".parts").glob("*.csv")):
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert workers, "the run finished before its workers could be seen"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 60
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "workers outlived the killed main process"
+    finally:
+        proc.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

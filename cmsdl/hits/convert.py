@@ -2,8 +2,10 @@
 
 Work is cut into units (one chunk of entries of one tree); each unit renders its chunk at once, writes every
 image atomically, then records its manifest rows in `out/.parts/<unit>.csv`. A rerun skips finished units, so
-killing it midway and running it again completes without duplicate or half-written images. A bad file (unreadable,
-truncated, missing tree or branch) is reported and skipped; the exit code is 1 when anything failed.
+killing it midway and running it again completes without duplicate or half-written images; worker processes die
+with the main process (kill -9 included). A bad file (unreadable, truncated, missing tree or branch) is reported
+and skipped; the exit code is 1 when anything failed. Class names become safe directory names inside `out`
+(see `safe_name`: `..` or `.parts` can never leave `out` or reach its bookkeeping).
 
 manifest.csv columns: path (relative to out), class, file, tree, entry, n_hits. hits2png.json: image settings,
 channel names, classes (the contract with EventImageDataModule).
@@ -12,6 +14,7 @@ channel names, classes (the contract with EventImageDataModule).
 from __future__ import annotations
 
 import csv
+import ctypes
 import fnmatch
 import glob
 import hashlib
@@ -21,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -109,8 +113,20 @@ def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
     return files
 
 
-def _sanitize(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+MAX_NAME = 100  # characters of a class directory or image name prefix (file systems allow 255 bytes)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_parent_pid: int | None = None  # set in worker processes only, by _die_with_parent
+
+
+def safe_name(text: str) -> str:
+    """`text` as a file or directory name that stays where it is put: runs of characters other than letters,
+    digits, `_`, `.` and `-` become `-`, a leading `.` becomes `_` (no `.`, `..` or hidden names), and a name
+    longer than MAX_NAME is cut and given a hash of the whole text (so that long names stay distinct)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+    name = re.sub(r"^\.", "_", name)
+    if len(name) > MAX_NAME:
+        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return name
 
 
 def image_bases(files: Sequence[str], trees: Sequence[str]) -> dict[tuple[str, str], str]:
@@ -121,7 +137,7 @@ def image_bases(files: Sequence[str], trees: Sequence[str]) -> dict[tuple[str, s
         if stems.count(stem) > 1:
             stem = f"{stem}-{hashlib.sha1(str(Path(f).resolve()).encode()).hexdigest()[:6]}"
         for tree in trees:
-            bases[(f, tree)] = _sanitize(stem if len(trees) == 1 else f"{stem}_{tree}")
+            bases[(f, tree)] = safe_name(stem if len(trees) == 1 else f"{stem}_{tree}")
     return bases
 
 
@@ -178,13 +194,14 @@ def _convert(unit: Unit, settings: Settings) -> int:
     out = Path(settings.out)
     rows = []
     for chunk in iterate_chunks(unit.file, unit.tree, settings.mapping, settings.step_size, unit.start, unit.stop):
+        _exit_if_orphaned()
         images = render_chunk(chunk, settings.spec)
         where = f"{unit.file}: tree {unit.tree!r}"
         classes = (settings.labels.names(chunk.labels, where) if chunk.labels is not None
                    else np.full(chunk.n_events, unit.label, dtype=object))
         counts = chunk.counts()
         for i, entry in enumerate(chunk.entries):
-            relative = Path(_sanitize(str(classes[i]))) / f"{unit.base}_{int(entry):07d}.png"
+            relative = Path(safe_name(str(classes[i]))) / f"{unit.base}_{int(entry):07d}.png"
             target = out / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(target, encode_png(images[i], settings.compress_level))
@@ -207,7 +224,8 @@ def run_units(units: Sequence[Unit], settings: Settings, workers: int, progress:
                 bar.update((unit.stop or 0) - unit.start)
                 yield outcome
             return
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"), initializer=_die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(convert_unit, unit, settings) for unit in units]
             for future in as_completed(futures):
                 outcome = future.result()
@@ -215,6 +233,23 @@ def run_units(units: Sequence[Unit], settings: Settings, workers: int, progress:
                 yield outcome
     finally:
         bar.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the kernel kills this worker when the main process dies (Linux: PR_SET_PDEATHSIG;
+    the workers are forked by its main thread); elsewhere the check between chunks ends it."""
+    global _parent_pid
+    _parent_pid = parent_pid
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    _exit_if_orphaned()  # the main process may have died before prctl
+
+
+def _exit_if_orphaned() -> None:
+    """In a worker whose main process is gone: exit at once (nobody is left to collect the results)."""
+    if _parent_pid is not None and os.getppid() != _parent_pid:
+        os._exit(1)
 
 
 def read_part(out: Path, unit: Unit) -> list[list[str]] | None:
