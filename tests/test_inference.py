@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
+import toy_onnx
 from cmsdl.data.workflow_sim import simulate_workflows
 from cmsdl.evaluate import load_checkpoint, restore
-from cmsdl.inference import InputError, Predictor
+from cmsdl.hits.png import SIGNATURE, png_chunk
+from cmsdl.inference import ContractError, InputError, Predictor, load_npy
 
 
 def test_importing_cmsdl_inference_loads_no_torch() -> None:
@@ -92,3 +98,121 @@ def test_predict_command_writes_one_row_per_record_in_order(tmp_path: Path, expo
     run_cmsdl("predict", f"model={exported_model}", f"input={data}", f"out={tmp_path / 'p.json'}", cwd=tmp_path)
     rows = json.loads((tmp_path / "p.json").read_text())
     assert len(rows) == 40 and abs(rows[0]["p_acdc"] + rows[0]["p_clone"] - 1) < 1e-5
+
+
+FEATURES = [f"f{i:02d}" for i in range(45)]
+
+
+def toy_tabular(**changes: object) -> bytes:
+    """The toy 45-feature model with its cmsdl contract changed by `changes` (whole keys)."""
+    contract = toy_onnx.tabular_contract(FEATURES, ["b", "t"]) | changes
+    return toy_onnx.model_bytes(toy_onnx.softmax_graph(45, 2), contract)
+
+
+def tensor(name: str = "features", shape: list | None = None, dtype: str = "float32") -> list[dict]:
+    return [{"name": name, "shape": shape or ["batch", 45], "dtype": dtype}]
+
+
+def preprocessing(**changes: object) -> dict:
+    return toy_onnx.tabular_contract(FEATURES, ["b", "t"])["preprocessing"] | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"inputs": [1, 2]}, "cmsdl.inputs[0]: expected an object"),
+        ({"inputs": []}, "cmsdl.inputs must be a non-empty list"),
+        ({"inputs": "{"}, "cmsdl.inputs is not valid JSON"),
+        ({"inputs": tensor(dtype="float128")}, "cmsdl.inputs[0].dtype: got 'float128'"),
+        ({"inputs": tensor(shape=[45])}, 'cmsdl.inputs[0].shape: expected ["batch", positive sizes...]'),
+        ({"inputs": tensor() * 2}, "cmsdl.inputs lists 2 tensors; cmsdl models take one"),
+        ({"inputs": tensor(name="x")}, "cmsdl.inputs names ['x'], but the graph's inputs are ['features']"),
+        ({"inputs": tensor(dtype="float64"), "preprocessing": preprocessing()}, "the graph has float32"),
+        ({"outputs": [{"name": "probabilities", "shape": ["batch", 3], "dtype": "float32"}]},
+         "outputs[0].shape is ['batch', 3], expected [batch, 2]"),
+        ({"class_names": []}, "cmsdl.class_names must be a non-empty list of strings"),
+        ({"task": "clustering"}, "cmsdl.task is 'clustering'"),
+        ({"preprocessing": []}, "cmsdl.preprocessing must be an object"),
+        ({"preprocessing": preprocessing(kind="audio")}, "cmsdl.preprocessing.kind is 'audio'"),
+        ({"preprocessing": preprocessing(feature_names=FEATURES[:44])}, "44 feature_names but input 'features'"),
+        ({"preprocessing": preprocessing(std=[0.0] * 45)}, "cmsdl.preprocessing.std has a zero"),
+        ({"preprocessing": preprocessing(mean=["x"] * 45)}, "cmsdl.preprocessing.mean must be 45 finite numbers"),
+        ({"preprocessing": preprocessing(defaults={"nope": 0})}, "cmsdl.preprocessing.defaults must map"),
+        ({"source": []}, "cmsdl.source must be an object"),
+    ],
+)
+def test_every_contract_key_is_checked_and_against_the_graph(changes: dict, message: str) -> None:
+    with pytest.raises(ContractError, match=re.escape(message)):
+        Predictor(toy_tabular(**changes), label="up.onnx")
+
+
+def test_a_model_whose_outputs_are_not_finite_is_refused_at_load() -> None:
+    graph = toy_onnx.softmax_graph(45, 2)
+    graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array([np.nan, 0], np.float32), "b"))
+    content = toy_onnx.model_bytes(graph, toy_onnx.tabular_contract(FEATURES, ["b", "t"]))
+    with pytest.raises(ContractError, match="test inference on zeros gave shape .* with NaN or inf"):
+        Predictor(content, label="nan.onnx")
+
+
+def test_non_finite_model_outputs_are_an_input_error_not_an_answer() -> None:
+    predictor = Predictor(toy_onnx.top_model())
+    with pytest.raises(InputError, match="NaN or infinite for batch item"):
+        predictor.run(np.full((2, 45), 3e38, np.float32))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_npy_headers_are_checked_before_anything_is_allocated() -> None:
+    header = npy_bytes(np.zeros((2, 42), np.float32)).replace(b"(2, 42)", b"(100000000000, 42)")
+    with pytest.raises(InputError, match=re.escape("declares shape [100000000000, 42]")):
+        load_npy(header)
+    with pytest.raises(InputError, match="plain numeric dtype"):
+        load_npy(npy_bytes(np.zeros(3, dtype=[("a", "<f4"), ("b", "<i8")])))
+    fortran = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    np.testing.assert_array_equal(load_npy(npy_bytes(fortran)), fortran)
+
+
+def png(width: int, height: int, color_type: int = 6) -> bytes:
+    """A PNG whose header declares width x height and whose pixel data is cut short."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(bytes(100))) + png_chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (png(9000, 9000), "image #0: 4 channel(s) of 9000x9000 pixels, expected 2 of 32x32"),
+        (png(20000, 20000), "image #0: Image size (400000000 pixels) exceeds limit"),
+        (png(32, 32, color_type=0), "image #0: 1 channel(s) of 32x32 pixels, expected 2"),
+        (b"\x89PNG\r\n", "image #0: not a readable PNG image"),
+    ],
+)
+def test_png_size_and_mode_are_checked_from_the_header_before_decoding(image: bytes, message: str) -> None:
+    """A truncated image of the wrong size is refused for its size: its pixels were never decoded."""
+    predictor = Predictor(toy_onnx.image_model())
+    with pytest.raises(InputError, match=re.escape(message)):
+        predictor.predict_images([image])
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ([5], "hits[0]: expected an object of hit lists"),
+        ([{"x": 1.0, "y": 1.0, "z": 1.0}], "hits[0].x: expected a list of numbers, got float"),
+        ([{"x": [1.0, 2.0], "y": [1.0], "z": [1.0]}], "hits[0]: the hit lists differ in length (x: 2, y: 1, z: 1)"),
+        ([{"x": [1.0], "y": [1.0], "z": [1.0], "subdet": [2**63]}], "hits[0].subdet: ids beyond the int64 range"),
+        ([{"x": [1.0], "y": [1.0], "z": [1.0], "subdet": [2**64]}], "hits[0].subdet: expected a flat list of integers"),
+        ([{"x": ["a"], "y": [1.0], "z": [1.0]}], "hits[0].x: expected a flat list of numbers"),
+        ([{"x": [float("nan")], "y": [1.0], "z": [1.0]}], "hits[0].x: contains NaN"),
+        ([{"x": [1.0], "y": [1.0], "z": [1.0], "energy": [1.0]}], "hits[0]: unknown field(s) 'energy'"),
+        ([], "hits: empty"),
+    ],
+)
+def test_hits_are_checked_before_rendering(events: list, message: str) -> None:
+    predictor = Predictor(toy_onnx.image_model())
+    with pytest.raises(InputError, match=re.escape(message)):
+        predictor.predict_hits(events)

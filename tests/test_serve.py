@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +20,11 @@ import numpy as np
 import pytest
 import uvicorn
 
+import toy_onnx
+from cmsdl.errors import ConfigError
 from cmsdl.serve.app import create_app
+from cmsdl.serve.bodies import Limits
+from cmsdl.serve.server import check_write_access
 
 TOKEN = "s3cret"
 
@@ -29,15 +35,20 @@ class Client:
 
     def call(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
              token: str | None = None) -> tuple[int, dict]:
+        status, text = self.call_text(method, path, body, content_type, token)
+        return status, json.loads(text)
+
+    def call_text(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
+                  token: str | None = None) -> tuple[int, str]:
         request = urllib.request.Request(self.base + path, data=body, method=method)
         request.add_header("content-type", content_type)
         if token:
             request.add_header("authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
+                return response.status, response.read().decode()
         except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+            return err.code, err.read().decode()
 
     def predict(self, name: str, doc: dict) -> tuple[int, dict]:
         return self.call("POST", f"/models/{name}/predict", json.dumps(doc).encode())
@@ -49,23 +60,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def service(tmp_path: Path, exported_model: Path) -> Iterator[Client]:
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy(exported_model, models / "wf.onnx")
-    (models / "junk.onnx").write_bytes(b"not a model")
+def start(app) -> tuple[uvicorn.Server, threading.Thread, int]:
     port = free_port()
-    app = create_app(str(models), token=TOKEN, max_body_bytes=300_000, threads=1)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    yield Client(f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    thread.join(timeout=10)
+    return server, thread, port
+
+
+@contextmanager
+def running(models: Path, **settings) -> Iterator[Client]:
+    """The service for `models` on a free loopback port, stopped afterwards."""
+    server, thread, port = start(create_app(str(models), threads=1, **settings))
+    try:
+        yield Client(f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, exported_model: Path) -> Path:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(exported_model, models / "wf.onnx")
+    (models / "junk.onnx").write_bytes(b"not a model")
+    return models
+
+
+@pytest.fixture
+def service(models_dir: Path) -> Iterator[Client]:
+    with running(models_dir, token=TOKEN, limits=Limits(json_bytes=300_000)) as client:
+        yield client
 
 
 def test_lists_and_describes_models_and_reports_health(service: Client) -> None:
@@ -149,3 +178,107 @@ def test_base64_images_are_decoded_for_image_models_only(service: Client) -> Non
     png = base64.b64encode(b"\x89PNG\r\n").decode()
     status, err = service.predict("wf", {"images": [png]})
     assert status == 422 and "tabular model" in err["error"]
+
+
+def test_a_row_must_name_every_feature_without_a_declared_default(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    toy_onnx.write(models / "top.onnx", toy_onnx.top_model(defaults={"f44": 0.0}))
+    row = {f"f{i:02d}": 1.0 for i in range(44)}
+    with running(models) as service:
+        status, err = service.predict("top", {"rows": [{"f00": 50.0}]})
+        assert status == 422 and "missing 43 of the model's 45 features: 'f01', 'f02'" in err["error"]
+        assert "'f44'" not in err["error"]
+        assert service.predict("top", {"rows": [row]})[0] == 200
+        with_default = service.predict("top", {"rows": [row | {"f44": 0.0}]})[1]
+        assert service.predict("top", {"rows": [row]})[1]["probabilities"] == with_default["probabilities"]
+
+
+def test_the_workflow_model_declares_exit_code_counts_default_to_0(exported_model: Path) -> None:
+    from cmsdl.inference import Predictor
+
+    contract = Predictor(exported_model).contract
+    names = contract.preprocessing["feature_names"]
+    assert contract.preprocessing["defaults"] == dict.fromkeys(names, 0.0)
+
+
+def test_an_upload_that_fails_validation_installs_nothing(service: Client, models_dir: Path) -> None:
+    """cmsdl.preprocessing="[]" once answered 500 and was installed, after which GET /models was 500 for all."""
+    features = [f"f{i:02d}" for i in range(45)]
+    contract = toy_onnx.tabular_contract(features, ["b", "t"]) | {"preprocessing": []}
+    content = toy_onnx.model_bytes(toy_onnx.softmax_graph(45, 2), contract)
+    status, err = service.call("PUT", "/models/broken", content, "application/octet-stream", token=TOKEN)
+    assert status == 422 and "cmsdl.preprocessing must be an object" in err["error"]
+    assert not (models_dir / "broken.onnx").exists() and not list(models_dir.glob(".*upload"))
+    assert service.call("GET", "/models")[0] == 200
+
+
+def test_a_model_whose_graph_cannot_run_is_refused_before_the_swap(service: Client, models_dir: Path) -> None:
+    graph = toy_onnx.softmax_graph(45, 2)
+    graph.node[0].input[1] = "missing_weights"  # a MatMul on a tensor nobody defines: the session cannot run
+    content = toy_onnx.model_bytes(graph, toy_onnx.tabular_contract([f"f{i:02d}" for i in range(45)], ["b", "t"]))
+    status, err = service.call("PUT", "/models/wf", content, "application/octet-stream", token=TOKEN)
+    assert status == 422 and "served model is unchanged" in err["error"]
+    assert (models_dir / "wf.onnx").read_bytes() != content
+
+
+def test_uploads_are_world_readable_and_errors_never_name_the_models_directory(service: Client,
+                                                                              models_dir: Path) -> None:
+    content = toy_onnx.top_model()
+    assert service.call("PUT", "/models/top", content, "application/octet-stream", token=TOKEN)[0] == 201
+    assert (models_dir / "top.onnx").stat().st_mode & 0o777 == 0o644
+    answers = [service.call_text("GET", "/ready")[1],
+               service.call_text("PUT", "/models/x", b"garbage", "application/octet-stream", token=TOKEN)[1],
+               service.call_text("PUT", "/models/x", content[:200], "application/octet-stream", token=TOKEN)[1]]
+    for text in answers:
+        assert str(models_dir) not in text and str(models_dir.resolve()) not in text
+
+
+def test_read_only_service_refuses_uploads_and_deletions(models_dir: Path, exported_model: Path) -> None:
+    with running(models_dir, read_only=True) as service:
+        status, err = service.call("PUT", "/models/new", exported_model.read_bytes(), "application/octet-stream")
+        assert status == 403 and "read_only=true" in err["error"]
+        assert service.call("DELETE", "/models/wf")[0] == 403
+        assert service.predict("wf", {"rows": [{"50660|good": 1.0}]})[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "read_only", "message"),
+    [
+        ("0.0.0.0", None, False, "host=0.0.0.0: uploads and deletions"),
+        ("::", None, False, "host=::: uploads and deletions"),
+        ("10.1.2.3", None, False, "set a token"),
+        ("127.0.0.1", "", False, "token: empty"),
+        ("0.0.0.0", "  ", True, "token: empty"),
+        ("0.0.0.0", None, True, None),
+        ("0.0.0.0", "secret", False, None),
+        ("127.0.0.1", None, False, None),
+        ("localhost", None, False, None),
+        ("::1", None, False, None),
+    ],
+)
+def test_writes_need_a_token_beyond_loopback(host: str, token: str | None, read_only: bool,
+                                             message: str | None) -> None:
+    if message is None:
+        check_write_access(host, token, read_only)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_write_access(host, token, read_only)
+
+
+@pytest.mark.parametrize(
+    ("token", "args", "message"),
+    [("", [], "token: empty"), (None, ["host=0.0.0.0"], "host=0.0.0.0: uploads and deletions (PUT/DELETE)")],
+)
+def test_serve_refuses_open_writes_and_empty_tokens_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                token: str | None, args: list[str],
+                                                                message: str) -> None:
+    from conftest import run_cmsdl
+
+    monkeypatch.delenv("CMSDL_SERVE_TOKEN", raising=False)
+    if token is not None:
+        monkeypatch.setenv("CMSDL_SERVE_TOKEN", token)
+    proc = run_cmsdl("serve", f"models={tmp_path}", "port=1", *args, cwd=tmp_path, check=False, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -3,7 +3,8 @@
 Never imports torch, lightning or hydra; production code and `cmsdl serve` use it.
 """
 
-from cmsdl.inference.metadata import ModelContract, TensorSpec
-from cmsdl.inference.predictor import InputError, Prediction, Predictor, load_npy
+from cmsdl.inference.arrays import InputError, load_npy
+from cmsdl.inference.metadata import ContractError, ModelContract, TensorSpec
+from cmsdl.inference.predictor import Prediction, Predictor
 
-__all__ = ["InputError", "ModelContract", "Prediction", "Predictor", "TensorSpec", "load_npy"]
+__all__ = ["ContractError", "InputError", "ModelContract", "Prediction", "Predictor", "TensorSpec", "load_npy"]

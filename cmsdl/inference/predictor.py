@@ -14,7 +14,6 @@ embedded in production code and in the REST service.
 from __future__ import annotations
 
 import importlib
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +22,18 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from cmsdl.inference.metadata import ModelContract
+from cmsdl.inference.arrays import InputError, feature_table, load_npy
+from cmsdl.inference.metadata import ContractError, ModelContract
 
+__all__ = ["InputError", "Prediction", "Predictor", "load_npy"]
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(bool)": "bool"}
 # Source kind (preprocessing["source"]["kind"]) → "module:function(state, records) -> raw feature rows".
 RECORD_FEATURES: dict[str, str] = {
     "workflow_actions": "cmsdl.data.workflow_features:features_from_records",
     "transfers": "cmsdl.data.transfer_features:features_from_records",
 }
-
-
-class InputError(ValueError):
-    """The input does not fit the model's contract (shape, dtype, fields); the message says what was expected."""
 
 
 @dataclass
@@ -85,11 +85,19 @@ class Predictor:
             self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                                 providers=_providers(providers))
         except Exception as err:
-            reason = str(err).splitlines()[0].rsplit(" : ", 1)[-1].replace(str(model) if not isinstance(model, bytes) else "", where)
-            raise ValueError(f"{where}: not a loadable ONNX model ({reason})") from None
+            reason = first_line(err).rsplit(" : ", 1)[-1]
+            if not isinstance(model, bytes):
+                reason = reason.replace(str(model), where)
+            raise ContractError(f"{where}: not a loadable ONNX model ({reason})") from None
         self.contract = ModelContract.from_metadata(self.session.get_modelmeta().custom_metadata_map, where)
-        self.input_name = self.session.get_inputs()[0].name
+        check_graph(self.contract, self.session, where)
+        self.input_name = self.contract.input.name
         self.preprocessing = self.contract.preprocessing
+        if self.kind == "image" and "projections" in self.preprocessing.get("image", {}):
+            from cmsdl.inference.images import hits_spec
+
+            hits_spec(self.preprocessing, where)
+        self._test_inference(where)
 
     @property
     def kind(self) -> str:
@@ -98,8 +106,26 @@ class Predictor:
     def run(self, inputs: np.ndarray) -> Prediction:
         """Run on model-ready input (already preprocessed), checking its shape and dtype first."""
         self._check_input(inputs)
-        outputs = self.session.run(None, {self.input_name: inputs})[0]
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(inputs)})[0]
+        broken = ~np.isfinite(outputs).reshape(len(outputs), -1).all(axis=1)
+        if broken.any():
+            items = ", ".join(map(str, np.flatnonzero(broken)[:10]))
+            raise InputError(f"the model's output is NaN or infinite for batch item(s) {items}: their inputs are "
+                             "outside the range the model can take")
         return Prediction(outputs, self.contract.class_names, self.contract.task)
+
+    def _test_inference(self, where: str) -> None:
+        """One run on a batch of 2 zero inputs: the graph runs and answers [2, classes] finite values."""
+        spec = self.contract.input
+        zeros = np.zeros([2, *spec.shape[1:]], dtype=spec.dtype)
+        try:
+            outputs = self.session.run(None, {self.input_name: zeros})[0]
+        except Exception as err:  # onnxruntime raises its own exception types for graphs that cannot run
+            raise ContractError(f"{where}: test inference on zeros failed ({first_line(err)})") from None
+        expected = (2, len(self.contract.class_names))
+        if outputs.shape != expected or not np.isfinite(outputs).all():
+            raise ContractError(f"{where}: test inference on zeros gave shape {list(outputs.shape)} (expected "
+                                f"{list(expected)}){'' if np.isfinite(outputs).all() else ' with NaN or inf'}")
 
     def _check_input(self, inputs: Any) -> None:
         spec = self.contract.input
@@ -123,27 +149,13 @@ class Predictor:
         return ((np.asarray(raw, dtype=np.float32) - mean) / std).astype(np.float32)
 
     def predict_rows(self, rows: Sequence[Mapping[str, float] | Sequence[float]] | np.ndarray) -> Prediction:
-        """Tabular: raw feature values, as dicts by feature name (missing names are 0) or lists in order."""
+        """Tabular: raw feature values, as dicts by feature name or lists in feature order. A dict must name every
+        feature except those the contract gives a default (``preprocessing["defaults"]``)."""
         self.require_kind("tabular")
-        names = self.preprocessing["feature_names"]
         if isinstance(rows, np.ndarray):
             return self.run(self.scale(rows))
-        if rows and isinstance(rows[0], Mapping):
-            index = {name: i for i, name in enumerate(names)}
-            table = np.zeros((len(rows), len(names)), dtype=np.float32)
-            for r, row in enumerate(rows):
-                unknown = [k for k in row if k not in index]
-                if unknown:
-                    raise InputError(f"row {r}: unknown feature(s) {', '.join(map(repr, unknown[:5]))}; "
-                                     f"the model knows {len(names)} features, e.g. {', '.join(names[:4])}")
-                for key, value in row.items():
-                    table[r, index[key]] = value
-            return self.run(self.scale(table))
-        try:
-            table = np.asarray(rows, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise InputError("rows: expected numbers, or objects mapping feature names to numbers") from None
-        return self.run(self.scale(table))
+        names = self.preprocessing["feature_names"]
+        return self.run(self.scale(feature_table(rows, names, self.preprocessing.get("defaults", {}))))
 
     def predict_records(self, records: Sequence[dict[str, Any]]) -> Prediction:
         """Tabular: raw records in the training data's format (e.g. workflow JSON objects)."""
@@ -156,8 +168,8 @@ class Predictor:
         module, function = target.split(":")
         try:
             raw = getattr(importlib.import_module(module), function)(state, records)
-        except ValueError as err:
-            raise InputError(f"records: {err}") from None
+        except (ValueError, OverflowError, RecursionError) as err:
+            raise InputError(f"records: {first_line(err)}") from None
         return self.run(self.scale(raw))
 
     def predict_images(self, images: Sequence[str | Path | bytes]) -> Prediction:
@@ -182,9 +194,26 @@ class Predictor:
             raise InputError(f"this is a {self.kind} model; {kind} inputs do not apply")
 
 
-def load_npy(body: bytes) -> np.ndarray:
-    """A .npy payload as an array (no pickles); InputError if it is not one."""
-    try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise InputError(f"body: not a .npy array ({err})") from None
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error message, at most 200 characters (onnxruntime's messages run long)."""
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+def check_graph(contract: ModelContract, session: ort.InferenceSession, where: str) -> None:
+    """The contract's inputs and outputs are the graph's: same names in order, dtypes and fixed sizes."""
+    for role, specs, nodes in (("inputs", contract.inputs, session.get_inputs()),
+                               ("outputs", contract.outputs, session.get_outputs())):
+        if [spec.name for spec in specs] != [node.name for node in nodes][:len(specs)] or len(nodes) < len(specs):
+            raise ContractError(f"{where}: cmsdl.{role} names {[spec.name for spec in specs]}, but the graph's "
+                                f"{role} are {[node.name for node in nodes]}")
+        for spec, node in zip(specs, nodes):
+            dtype = ORT_DTYPES.get(node.type, node.type)
+            sizes = [size if isinstance(size, int) else None for size in node.shape]
+            fixed_mismatch = any(got is not None and got != want for want, got in zip(spec.shape[1:], sizes[1:]))
+            if dtype != spec.dtype or len(sizes) != len(spec.shape) or fixed_mismatch:
+                raise ContractError(f"{where}: cmsdl.{role} declares '{spec.name}' as {spec.dtype} {spec.shape}, "
+                                    f"the graph has {dtype} {list(node.shape)}")
+            if sizes[0] is not None:
+                raise ContractError(f"{where}: the graph's '{spec.name}' has a fixed batch size {sizes[0]}; "
+                                    "export it with a dynamic batch axis")

@@ -1,8 +1,10 @@
 """ModelStore: the directory of ONNX models a service serves; uploads are validated, then swapped in atomically.
 
-A model's name is its file name without ``.onnx``. A new or replaced model is written to a hidden temporary file,
-loaded and checked (valid ONNX with a cmsdl contract), and only then renamed over the old one, so a bad upload
-never replaces a good model. Imports no torch.
+A model's name is its file name without ``.onnx``. An upload is loaded and checked first (valid ONNX, a cmsdl
+contract that agrees with the graph, one test inference), then written to a hidden temporary file (mode 0644:
+the service user may differ from the uploader) and renamed over the old one, so a bad upload never replaces a
+good model. At start-up a bad file is skipped and listed, never fatal. Error texts name files relative to the
+model directory, never its absolute path. Imports no torch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cmsdl.inference import Predictor
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FILE_MODE = 0o644
 
 
 class ModelNameError(ValueError):
@@ -53,14 +56,21 @@ class ModelStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.directory.glob("*.onnx")):
             try:
-                predictor = Predictor(path, threads=self.threads)
-            except ValueError as err:
-                self.errors[path.name] = str(err)
+                predictor = Predictor(path, threads=self.threads, label=path.name)
+            except Exception as err:  # any broken file is skipped: the service serves the others
+                message = str(err) if isinstance(err, ValueError) else f"{path.name}: cannot be loaded ({err!r})"
+                self.errors[path.name] = self.relative(message)
                 log.warning("skipping %s: %s", path, err)
                 continue
             with self._lock:
                 self._models[path.stem] = predictor
         log.info("serving %d model(s) from %s", len(self._models), self.directory)
+
+    def relative(self, message: str) -> str:
+        """`message` with the model directory's absolute path taken out (file names stay)."""
+        for folder in {str(self.directory.resolve()), str(self.directory.absolute()), str(self.directory)}:
+            message = message.replace(folder + os.sep, "")
+        return message
 
     def names(self) -> list[str]:
         with self._lock:
@@ -76,15 +86,20 @@ class ModelStore:
     def put(self, name: str, content: bytes) -> tuple[Predictor, bool]:
         """Validate `content` as a cmsdl ONNX model and install it as `name`; returns (predictor, replaced)."""
         check_name(name)
+        try:
+            predictor = Predictor(content, threads=self.threads, label=f"uploaded model {name!r}")
+        except ValueError as err:
+            raise ValueError(self.relative(str(err))) from None
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".upload", dir=self.directory)
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
-            predictor = Predictor(tmp, threads=self.threads, label=f"uploaded model {name!r}")
             with self._lock:
                 replaced = name in self._models
                 os.replace(tmp, self.directory / f"{name}.onnx")
                 self._models[name] = predictor
+                self.errors.pop(f"{name}.onnx", None)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return predictor, replaced
