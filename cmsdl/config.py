@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cmsdl.errors import CmsdlError
+from cmsdl.errors import CmsdlError, ConfigError
 from cmsdl.runs import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,39 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
         return hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)
 
     return wrap
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """What a numeric config value must be: `kind` (int or float) and a range check with its wording."""
+
+    key: str
+    kind: type
+    check: Callable[[float], bool]
+    expected: str
+
+
+TRAIN_VALUE_RULES: tuple[ValueRule, ...] = (
+    ValueRule("seed", int, lambda v: v >= 0, "an integer >= 0"),
+    ValueRule("trainer.max_epochs", int, lambda v: v >= -1, "an integer >= 1 (or -1: no limit)"),
+    ValueRule("trainer.min_epochs", int, lambda v: v >= 0, "an integer >= 0"),
+    ValueRule("data.batch_size", int, lambda v: v >= 1, "an integer >= 1"),
+    ValueRule("data.eval_batch_size", int, lambda v: v >= 1, "an integer >= 1"),
+    ValueRule("model.optimizer.lr", float, lambda v: 0 < v < float("inf"), "a number > 0, e.g. 1e-3"),
+    ValueRule("model.optimizer.weight_decay", float, lambda v: 0 <= v < float("inf"), "a number >= 0"),
+    ValueRule("model.net.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+)
+
+
+def check_values(cfg: DictConfig, rules: tuple[ValueRule, ...] = TRAIN_VALUE_RULES) -> None:
+    """Refuse a wrong-typed or out-of-range value with one line naming the key, before anything is built."""
+    for rule in rules:
+        value = OmegaConf.select(cfg, rule.key, default=None, throw_on_missing=False)
+        if value is None:
+            continue
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (rule.kind is int and not isinstance(value, int)) or not rule.check(value):
+            raise ConfigError(f"{rule.key}: expected {rule.expected}, got {value!r}")
 
 
 def instantiate_logged(cfg: DictConfig, what: str, **kwargs: Any) -> Any:

@@ -1,8 +1,9 @@
 """Run directories: naming, finding the run to resume, and the config resolvers that use them.
 
-``run_name`` defaults to a timestamp (under torchrun: the launcher's start, the same for all its ranks). With ``resume=true`` it is the newest earlier run under the same task
-directory that was started with the same command-line overrides (``resume`` and ``run_name`` aside) and left
-a ``checkpoints/last.ckpt``, so the same command plus ``resume=true`` continues in the same directory.
+``run_name`` defaults to a timestamp (under torchrun: the launcher's start, the same for all its ranks). With
+``resume=true`` it is the unfinished run (no metrics.json) under the same task directory whose last.ckpt was
+written last, among those started with the same command-line overrides (``resume`` and ``run_name`` aside), so the
+same command plus ``resume=true`` continues in the same directory. Saved overrides are read as plain YAML text.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
 from cmsdl.errors import ConfigError
@@ -31,52 +33,80 @@ def _comparable(overrides: list[str]) -> list[str]:
     return sorted(o for o in overrides if not o.startswith(_IGNORED_OVERRIDES))
 
 
-def _current_overrides() -> tuple[str, list[str]]:
-    """The Hydra mode ('RUN' or 'MULTIRUN') and this command's overrides."""
+def _current_overrides(root: Any = None) -> tuple[str, list[str]]:
+    """The Hydra mode ('RUN' or 'MULTIRUN') and this command's overrides, read from the config being composed
+    (`root`) or, where that lacks them, from HydraConfig."""
+    hydra_node = root.get("hydra") if root is not None else None
+    if hydra_node is not None and hydra_node.get("overrides") is not None:
+        mode = hydra_node.get("mode") or "RUN"
+        return str(mode).split(".")[-1], _comparable([str(o) for o in hydra_node.overrides.task])
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     return str(hc.mode).split(".")[-1], _comparable(list(hc.overrides.task))
 
 
+def _read_yaml_text(path: Path) -> Any:
+    """A saved YAML file as plain data: `${...}` in saved overrides stays text, never resolved."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
 def _saved_overrides(run_dir: Path, mode: str) -> list[str] | None:
     if mode == "MULTIRUN":
-        saved = run_dir / "multirun.yaml"
-        if not saved.is_file():
-            return None
-        return _comparable(list(OmegaConf.load(saved).hydra.overrides.task))
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    return _comparable(list(OmegaConf.load(saved))) if saved.is_file() else None
+        saved = _read_yaml_text(run_dir / "multirun.yaml")
+        task = saved.get("hydra", {}).get("overrides", {}).get("task") if isinstance(saved, dict) else None
+    else:
+        task = _read_yaml_text(run_dir / ".hydra" / "overrides.yaml")
+    return _comparable([str(o) for o in task]) if isinstance(task, list) else None
 
 
-def _has_checkpoint(run_dir: Path, mode: str) -> bool:
-    if mode == "MULTIRUN":
-        return any(run_dir.glob(f"*/{LAST_CKPT}"))
-    return (run_dir / LAST_CKPT).is_file()
+def _checkpoints(run_dir: Path, mode: str) -> list[Path]:
+    return list(run_dir.glob(f"*/{LAST_CKPT}")) if mode == "MULTIRUN" else [p for p in [run_dir / LAST_CKPT] if p.is_file()]
+
+
+def is_finished(run_dir: Path, mode: str = "RUN") -> bool:
+    """A run finished when it wrote metrics.json (a sweep: every point that has a checkpoint did)."""
+    return all((ckpt.parent.parent / "metrics.json").is_file() for ckpt in _checkpoints(run_dir, mode))
 
 
 def find_resumable_run(task_dir: Path, mode: str, overrides: list[str]) -> str | None:
-    """Name of the newest run in `task_dir` started with `overrides` that has a last.ckpt, or None."""
+    """Name of the newest unfinished run in `task_dir` started with `overrides` that has a last.ckpt, or None.
+
+    Newest means the latest last.ckpt write, not the name: run names need not be timestamps.
+    """
     runs = task_dir / ("multiruns" if mode == "MULTIRUN" else "runs")
     if not runs.is_dir():
         return None
-    for run_dir in sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: d.name, reverse=True):
-        if _has_checkpoint(run_dir, mode) and _saved_overrides(run_dir, mode) == overrides:
-            return run_dir.name
-    return None
+    unfinished = [(max(c.stat().st_mtime for c in ckpts), run_dir.name) for run_dir in runs.iterdir()
+                  if run_dir.is_dir() and (ckpts := _checkpoints(run_dir, mode))
+                  and _saved_overrides(run_dir, mode) == overrides and not is_finished(run_dir, mode)]
+    return max(unfinished)[1] if unfinished else None
 
 
-def run_name(task_dir: str, resume: Any) -> str:
+def run_name(task_dir: str, resume: Any, *, _root_: Any = None) -> str:
     """The run directory name: an earlier run to resume (resume=true), else a new timestamp."""
     if is_true(resume):
         try:
-            mode, overrides = _current_overrides()
+            mode, overrides = _current_overrides(_root_)
         except ValueError:
             mode, overrides = "RUN", []
         found = find_resumable_run(Path(task_dir), mode, overrides)
         if found:
             return found
     return launch_time().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def cached_run_name(task_dir: str, resume: Any, *, _root_: Any) -> str:
+    """`run_name`, computed once per config and kept in the config's resolver cache, which Hydra copies into every
+    job of a sweep (so all jobs and the sweep directory agree on one name)."""
+    cache = OmegaConf.get_cache(_root_).setdefault("cmsdl_run_name", {})
+    key = f"{task_dir},{resume}"
+    if key not in cache:
+        cache[key] = run_name(task_dir, resume, _root_=_root_)
+    return cache[key]
 
 
 def launch_time() -> datetime:
@@ -103,7 +133,9 @@ def process_start(pid: int) -> datetime | None:
 def register_resolvers() -> None:
     """Make cmsdl's resolvers available to configs; cached, so every sweep job sees the same value."""
     if not OmegaConf.has_resolver("cmsdl_run_name"):
-        OmegaConf.register_new_resolver("cmsdl_run_name", run_name, use_cache=True)
+        OmegaConf.register_new_resolver("cmsdl_run_name", cached_run_name)
+    if not OmegaConf.has_resolver("cmsdl_cwd"):
+        OmegaConf.register_new_resolver("cmsdl_cwd", os.getcwd, use_cache=True)
 
 
 def checkpoint_to_resume(resume: Any, output_dir: str | Path) -> str | None:
@@ -126,7 +158,19 @@ def checkpoint_to_resume(resume: Any, output_dir: str | Path) -> str | None:
         return str(path)
     if last.is_file():
         return str(last)
-    others = sorted(p.parent.parent.name for p in Path(output_dir).parent.glob(f"*/{LAST_CKPT}"))
-    hint = f"; runs with a last.ckpt: {', '.join(others[-3:])} (continue one with run_name=<name>)" if others else ""
-    log.warning("resume=true but no earlier run of this command has a last.ckpt: starting fresh%s", hint)
+    log.warning("resume=true, but %s; starting a new run", why_nothing_to_resume(Path(output_dir)))
     return None
+
+
+def why_nothing_to_resume(output_dir: Path) -> str:
+    """One line for a resume=true that starts fresh: which runs of the same command finished, or which others exist."""
+    overrides = _saved_overrides(output_dir, "RUN")
+    runs = [d for d in output_dir.parent.iterdir() if d != output_dir and (d / LAST_CKPT).is_file()]
+    finished = sorted((d for d in runs if overrides is not None and _saved_overrides(d, "RUN") == overrides
+                       and is_finished(d)), key=lambda d: (d / LAST_CKPT).stat().st_mtime)
+    if finished:
+        return (f"the newest run of this command line, {finished[-1].name}, has finished (metrics.json): continue it "
+                f"with run_name={finished[-1].name} resume=true")
+    names = sorted(d.name for d in runs)
+    hint = f" (runs with a last.ckpt: {', '.join(names[-3:])}; continue one with run_name=<name>)" if names else ""
+    return "no earlier unfinished run of this command line has a last.ckpt" + hint
