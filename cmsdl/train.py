@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401  registers hydra/launcher=k8s (also under editable installs)
 from cmsdl.callbacks import CheckpointOnSigterm, RunContext
-from cmsdl.config import hydra_app, instantiate_group, instantiate_logged, to_plain
+from cmsdl.config import check_values, hydra_app, instantiate_group, instantiate_logged, to_plain
 from cmsdl.io import write_config, write_json
 from cmsdl.models.classifier import output_size
 from cmsdl.runs import LAST_CKPT, checkpoint_to_resume
@@ -75,6 +75,7 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) the configured model; returns the summary written to metrics.json."""
+    check_values(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resume_from = checkpoint_to_resume(cfg.resume, output_dir)
     datamodule, model, trainer = build(cfg)
@@ -103,9 +104,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def experiment_choice() -> str | None:
+    """The `experiment=` option this run was composed with, where Hydra knows it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().runtime.choices.get("experiment")
+    except ValueError:
+        return None
+
+
+@rank_zero_only
+def print_next_steps(run_dir: Path, cfg: DictConfig) -> None:
+    """End a training with where it wrote and the commands that use it."""
+    try:
+        shown = run_dir.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = run_dir
+    name = experiment_choice() or "model"
+    print(f"run directory: {shown}\n"
+          f"next: cmsdl eval ckpt={shown}\n"
+          f"      cmsdl export ckpt={shown} out=models/{name}.onnx")
+
+
 @hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the monitored metric so that sweepers can optimise it."""
     summary = train(cfg)
+    print_next_steps(Path(summary["run_dir"]), cfg)
     monitor = cfg.get("optimized_metric")
     return summary["metrics"].get(monitor) if monitor else None
