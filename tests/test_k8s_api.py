@@ -300,3 +300,20 @@ def test_rejected_credentials_are_401(tmp_path: Path, monkeypatch: pytest.Monkey
         with pytest.raises(K8sError, match=r"cannot read Job 'j' in namespace 'ns': not authenticated \(401: "
                                            r"Unauthorized\); refresh your kubeconfig credentials"):
             Cluster("ns").status("j", "indexed")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["status", "k8s.name=Bad_Name"], "error: k8s.name: 'Bad_Name' is not a valid job name"),
+    (["logs", "k8s.name=ok-job", "k8s.namespace=Physics"], "error: k8s.namespace: 'Physics' is not a valid namespace"),
+    (["delete", "k8s.name=ok-job", "k8s.namespace=a.b"], "error: k8s.namespace: 'a.b' is not a valid namespace"),
+    (["submit", "k8s.name=ok-job", "k8s.namespace=physics", "k8s.resources.limits.memory=lots"],
+     "error: k8s.resources.limits.memory: 'lots' is not a Kubernetes quantity"),
+    (["submit", "k8s.name=ok-job", "k8s.namespace=physics", "++k8s.labels={cmsdl.io/job: other}"],
+     "error: k8s.labels: 'cmsdl.io/job' is reserved"),
+])
+def test_cli_refuses_bad_settings_before_calling_the_cluster(api: FakeApiServer, tmp_path: Path, args: list[str],
+                                                             message: str) -> None:
+    proc = run_cmsdl("k8s", *args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert not [key for key in api.objects if key[0] == "physics" and key[2] == "ok-job"], "nothing was created"

@@ -38,7 +38,10 @@ EVERYTHING = dict(
     node_selector={"kubernetes.io/arch": "amd64"}, image_pull_secrets=["cern-registry"],
     tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
     env={"NCCL_DEBUG": "WARN"}, secret_env={"WANDB_API_KEY": {"secret": "wandb", "key": "api-key"}},
-    active_deadline_seconds=86400, ttl_seconds_after_finished=None, labels={"team": "comp ops"},
+    active_deadline_seconds=86400, ttl_seconds_after_finished=None,
+    labels={"team": "comp-ops", "example.org/owner": "cms_ml.2", "app.kubernetes.io/part-of": "cmsdl"},
+    resources={"requests": {"cpu": 0.5, "memory": "500Mi", "ephemeral-storage": "1e9"},
+               "limits": {"cpu": "1500m", "memory": "2Gi", "ephemeral-storage": "20G"}}, tmp_size="512Mi",
     data={"claim": None, "mount_path": "/data"},
 )
 CONFIGS = [
@@ -164,6 +167,8 @@ def test_indexed_job_wiring_and_security_defaults() -> None:
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
     assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "10Gi"}, "/tmp is bounded (k8s.tmp_size)"
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == "DisruptionTarget"
 
 
@@ -181,6 +186,30 @@ def test_pytorchjob_flavour() -> None:
 @pytest.mark.parametrize("changes, name, message", [
     ({}, "Bad_Name", r"k8s.name: 'Bad_Name' is not a valid job name"),
     ({}, "x" * 60, r"at most 52 characters"),
+    ({}, "job\n", r"k8s.name: 'job\\n' is not a valid job name"),
+    ({"namespace": "cms-ml\n"}, "ok", r"k8s.namespace: 'cms-ml\\n' is not a valid namespace"),
+    ({"namespace": "CMS_ML"}, "ok", r"k8s.namespace: 'CMS_ML' is not a valid namespace"),
+    ({"namespace": "n" * 64}, "ok", r"k8s.namespace: 'n+' is not a valid namespace"),
+    ({"labels": {"cmsdl.io/job": "other"}}, "ok", r"k8s.labels: 'cmsdl.io/job' is reserved"),
+    ({"labels": {"app.kubernetes.io/name": "x"}}, "ok", r"k8s.labels: 'app.kubernetes.io/name' is reserved"),
+    ({"labels": {"node-role.kubernetes.io/x": "y"}}, "ok", r"'node-role.kubernetes.io/x' is reserved"),
+    ({"labels": {"team ops": "x"}}, "ok", r"k8s.labels: 'team ops' is not a valid label key"),
+    ({"labels": {"Example.org/team": "x"}}, "ok", r"'Example.org/team' is not a valid label key"),
+    ({"labels": {"team": "comp ops"}}, "ok", r"k8s.labels.team: 'comp ops' is not a valid label value"),
+    ({"labels": {"team": "x" * 64}}, "ok", r"k8s.labels.team: 'x+' is not a valid label value"),
+    ({"labels": {"team": {"a": 1}}}, "ok", r"k8s.labels.team: \{'a': 1\} is not a valid label value"),
+    ({"resources": {"limits": {"cpu": "8", "memory": "lots"}}}, "ok",
+     r"k8s.resources.limits.memory: 'lots' is not a Kubernetes quantity"),
+    ({"resources": {"limits": {"cpu": "-1", "memory": "1Gi"}}}, "ok", r"k8s.resources.limits.cpu: '-1' is not a"),
+    ({"resources": {"limits": {"cpu": "8", "memory": "1gi"}}}, "ok", r"k8s.resources.limits.memory: '1gi' is not"),
+    ({"resources": {"limits": {"cpu": "8", "memory": "1e99999"}}}, "ok", r"limits.memory: '1e99999' is not a"),
+    ({"resources": {"limits": {"cpu": "8", "memory": "9" * 30}}}, "ok", r"limits.memory: '9+' is not a Kubernetes"),
+    ({"resources": {"requests": {"memory": "64Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}}}, "ok",
+     r"k8s.resources.requests.memory: 64Gi is more than the limit 32Gi"),
+    ({"resources": {"limits": {"cpu": "8", "memory": "1Gi", "bad name!": "1"}}}, "ok",
+     r"k8s.resources.limits: 'bad name!' is not a valid resource name"),
+    ({"shm_size": "8 GB"}, "ok", r"k8s.shm_size: '8 GB' is not a Kubernetes quantity"),
+    ({"tmp_size": None}, "ok", r"k8s.tmp_size: None is not a Kubernetes quantity"),
     ({"resources": {"requests": {"cpu": "1"}, "limits": {"cpu": None, "memory": "1Gi"}}}, "ok",
      r"k8s.resources.limits.cpu: must be set"),
     ({"run_as_user": 0}, "ok", r"k8s.run_as_user: 0 \(root\) is not allowed"),

@@ -129,7 +129,8 @@ def _parse_task(task: Any, where: str) -> list[ErrorCount]:
     for code_text, per_site in task["errors"].items():
         code = _parse_code(code_text, f"{where}.errors")
         if not isinstance(per_site, dict):
-            raise InputFormatError(f"{where}.errors[{shown(code_text)}]: expected {{site: count}}, got {shown(per_site)}")
+            raise InputFormatError(f"{where}.errors[{shown(code_text)}]: expected {{site: count}}, "
+                                   f"got {shown(per_site)}")
         for site, count in per_site.items():
             field = f"{where}.errors[{shown(code_text)}][{shown(site)}]"
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:

@@ -16,7 +16,7 @@ from cmsdl.config import hydra_app
 from cmsdl.errors import ConfigError, closest
 from cmsdl.io import atomic_write
 from cmsdl.k8s.cluster import Cluster
-from cmsdl.k8s.manifests import default_name, experiment_of, render, to_yaml
+from cmsdl.k8s.manifests import check_name, check_namespace, default_name, experiment_of, render, to_yaml
 
 log = logging.getLogger(__name__)
 ACTIONS = ("render", "submit", "status", "logs", "delete")
@@ -87,7 +87,8 @@ def run(cfg: DictConfig) -> None:
         return
     if not cfg.k8s.name:
         raise ConfigError(f"k8s.name: `cmsdl k8s {action}` needs the job's name (k8s.name=<job>)")
-    cluster = Cluster(cfg.k8s.namespace)
+    check_name(cfg.k8s.name)
+    cluster = Cluster(check_namespace(cfg.k8s.namespace))
     if action == "status":
         print_status(cluster.status(cfg.k8s.name, flavour))
     elif action == "logs":

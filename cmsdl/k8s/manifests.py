@@ -2,18 +2,21 @@
 
 Objects are built bottom-up from the client's typed models (V1Container → V1PodSpec → V1JobSpec → V1Job)
 and serialised with the client's own serialiser; the PyTorchJob (a custom resource) is a plain dict.
+Settings are checked here against the Kubernetes grammars (names, namespace, label keys and values, resource
+quantities), so that a bad value is one ConfigError line naming the k8s.* key, not a rejection by the server.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from kubernetes import client
 from omegaconf import DictConfig, OmegaConf
 
-from cmsdl.errors import ConfigError
+from cmsdl.errors import ConfigError, shown
 
 JOB_API_VERSION = "batch/v1"
 JOB_KIND = "Job"
@@ -33,7 +36,20 @@ LABEL_JOB = f"{LABEL_PREFIX}/job"
 LABEL_EXPERIMENT = f"{LABEL_PREFIX}/experiment"
 LABEL_SWEEP = f"{LABEL_PREFIX}/sweep"
 MAX_NAME = 52  # Indexed Job pods are named <job>-<index>-<5 random chars> and must stay a DNS label
-_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123 label, at most 63 characters
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # at most 253
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")  # a label key's name, or a value; at most 63
+# Kubernetes resource quantity (apimachinery resource.Quantity): number, then a binary, decimal or exponent suffix
+_QUANTITY = re.compile(r"\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]+)?")
+_SUFFIX_SCALE = {"n": Decimal(10) ** -9, "u": Decimal(10) ** -6, "m": Decimal(10) ** -3, "k": Decimal(10) ** 3,
+                 **{p: Decimal(10) ** (3 * (i + 2)) for i, p in enumerate("MGTPE")},
+                 **{f"{p}i": Decimal(2) ** (10 * (i + 1)) for i, p in enumerate("KMGTPE")}}
+MAX_QUANTITY = Decimal(2) ** 63 - 1  # the API server refuses larger values
+# Label keys that cmsdl sets (the Service selects the pods by cmsdl.io/job), and the prefixes Kubernetes and the
+# training operator own (kubernetes.io, k8s.io and their subdomains; app.kubernetes.io/* is for users)
+RESERVED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component")
+RESERVED_DOMAINS = (LABEL_PREFIX, "kubernetes.io", "k8s.io", "kubeflow.org")
 _SERIALIZER = client.ApiClient()
 
 
@@ -45,10 +61,88 @@ def label_value(text: str) -> str:
 
 def check_name(name: str) -> str:
     """A job name usable for the Job, its Service and its pods' host names, else a ConfigError."""
-    if not _NAME.match(name) or len(name) > MAX_NAME:
-        raise ConfigError(f"k8s.name: {name!r} is not a valid job name (expected lowercase letters, digits and '-', "
-                          f"starting with a letter, at most {MAX_NAME} characters)")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME:
+        raise ConfigError(f"k8s.name: {shown(name)} is not a valid job name (expected lowercase letters, digits and "
+                          f"'-', starting with a letter, at most {MAX_NAME} characters)")
     return name
+
+
+def check_namespace(namespace: Any) -> str:
+    """A namespace name (an RFC 1123 DNS label), else a ConfigError."""
+    if not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
+        raise ConfigError(f"k8s.namespace: {shown(namespace)} is not a valid namespace (expected lowercase letters, "
+                          "digits and '-', starting and ending with a letter or digit, at most 63 characters)")
+    return namespace
+
+
+def is_qualified_name(key: str) -> bool:
+    """Kubernetes' qualified-name grammar (label keys, resource names): [DNS subdomain/]name, name <= 63."""
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return len(name) <= 63 and bool(_LABEL_NAME.fullmatch(name))
+
+
+def is_reserved_label(key: str) -> bool:
+    """Whether a label key belongs to cmsdl, Kubernetes or the training operator rather than to the user."""
+    domain = key.rpartition("/")[0].lower()
+    if key in RESERVED_LABELS or domain == "app.kubernetes.io":
+        return key in RESERVED_LABELS
+    return any(domain == d or domain.endswith("." + d) for d in RESERVED_DOMAINS)
+
+
+def check_user_labels(given: Any) -> dict[str, str]:
+    """The user's k8s.labels as valid label keys and values; a reserved or malformed one is a ConfigError."""
+    if not given:
+        return {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"k8s.labels: expected a mapping of label keys to values, got {shown(given)}")
+    out = {}
+    for key, value in given.items():
+        key = str(key)
+        if is_reserved_label(key):
+            raise ConfigError(f"k8s.labels: {shown(key)} is reserved (cmsdl sets {LABEL_PREFIX}/* and "
+                              f"{', '.join(RESERVED_LABELS)}; Kubernetes owns kubernetes.io/ and k8s.io/)")
+        if not is_qualified_name(key):
+            raise ConfigError(f"k8s.labels: {shown(key)} is not a valid label key (expected [prefix/]name: a name "
+                              "of at most 63 letters, digits, '-', '_', '.', alphanumeric at both ends, and an "
+                              "optional DNS-subdomain prefix)")
+        text = _scalar_text(value)
+        if text is None or len(text) > 63 or not (text == "" or _LABEL_NAME.fullmatch(text)):
+            raise ConfigError(f"k8s.labels.{key}: {shown(value)} is not a valid label value (expected at most 63 "
+                              "letters, digits, '-', '_', '.', alphanumeric at both ends)")
+        out[key] = text
+    return out
+
+
+def _scalar_text(value: Any) -> str | None:
+    """A YAML scalar as the text Kubernetes sees (booleans lowercase); None for mappings, lists and null."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, (str, int, float)) else None
+
+
+def check_quantity(key: str, value: Any) -> str:
+    """A Kubernetes resource quantity (`8`, `0.5`, `500m`, `32Gi`, `1e3`) as text, else a ConfigError naming `key`."""
+    text = _scalar_text(value) if not isinstance(value, bool) else None
+    amount = quantity_value(text) if text is not None else None
+    if amount is None or amount > MAX_QUANTITY:
+        raise ConfigError(f"{key}: {shown(value)} is not a Kubernetes quantity (expected a non-negative number "
+                          "below 2**63 with an optional suffix m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or "
+                          "e<exponent>, e.g. 8, 500m, 32Gi)")
+    return text
+
+
+def quantity_value(text: str) -> Decimal | None:
+    """The value of a quantity in base units (cores, bytes), or None when `text` is not one."""
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        return None
+    number, suffix = Decimal(match["number"]), match["suffix"] or ""
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        exponent = int(suffix[1:]) if len(suffix) <= 5 else (-99 if suffix[1] == "-" else 99)
+        return number.scaleb(max(min(exponent, 99), -99))  # beyond ±99 the value is out of range or 0 anyway
+    return number * _SUFFIX_SCALE.get(suffix, Decimal(1))
 
 
 def experiment_of(train_overrides: list[str]) -> str | None:
@@ -77,7 +171,7 @@ def labels(k8s: dict[str, Any], name: str, experiment: str | None, sweep: str | 
         out[LABEL_EXPERIMENT] = label_value(experiment)
     if sweep:
         out[LABEL_SWEEP] = label_value(sweep)
-    return out | {str(k): label_value(v) for k, v in (k8s.get("labels") or {}).items()}
+    return check_user_labels(k8s.get("labels")) | out
 
 
 def train_arguments(k8s: dict[str, Any], name: str, train_overrides: list[str]) -> list[str]:
@@ -112,13 +206,29 @@ def torchrun_command(k8s: dict[str, Any], flavour: str) -> list[str]:
             "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"]
 
 
+def _quantities(k8s: dict[str, Any], kind: str) -> dict[str, str]:
+    """k8s.resources.<kind> (requests or limits) checked: resource names and quantities."""
+    given = (k8s.get("resources") or {}).get(kind) or {}
+    out = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if not is_qualified_name(str(name)):
+            raise ConfigError(f"k8s.resources.{kind}: {shown(name)} is not a valid resource name (e.g. cpu, memory, "
+                              "ephemeral-storage, nvidia.com/gpu)")
+        out[str(name)] = check_quantity(f"k8s.resources.{kind}.{name}", value)
+    return out
+
+
 def _resources(k8s: dict[str, Any]) -> client.V1ResourceRequirements:
-    res = k8s.get("resources") or {}
-    requests = {k: str(v) for k, v in (res.get("requests") or {}).items() if v is not None}
-    limits = {k: str(v) for k, v in (res.get("limits") or {}).items() if v is not None}
+    requests, limits = _quantities(k8s, "requests"), _quantities(k8s, "limits")
     for key in ("cpu", "memory"):
         if key not in limits:
             raise ConfigError(f"k8s.resources.limits.{key}: must be set (every pod runs with resource limits)")
+    for key, request in requests.items():
+        if key in limits and quantity_value(request) > quantity_value(limits[key]):
+            raise ConfigError(f"k8s.resources.requests.{key}: {request} is more than the limit {limits[key]} "
+                              f"(k8s.resources.limits.{key})")
     if int(k8s["gpus_per_node"]) > 0:
         limits[k8s["gpu_resource"]] = str(k8s["gpus_per_node"])
         requests[k8s["gpu_resource"]] = str(k8s["gpus_per_node"])
@@ -144,11 +254,12 @@ def _env(k8s: dict[str, Any], name: str, flavour: str) -> list[client.V1EnvVar]:
 
 
 def _volumes(k8s: dict[str, Any]) -> tuple[list[client.V1Volume], list[client.V1VolumeMount]]:
-    """/dev/shm and /tmp as emptyDirs (the root file system is read-only), data and outputs claims."""
+    """/dev/shm and /tmp as size-limited emptyDirs (the root file system is read-only), data and outputs claims."""
+    shm_size = check_quantity("k8s.shm_size", k8s.get("shm_size"))
+    tmp_size = check_quantity("k8s.tmp_size", k8s.get("tmp_size"))
     volumes = [
-        client.V1Volume(name="dshm", empty_dir=client.V1EmptyDirVolumeSource(medium="Memory",
-                                                                           size_limit=str(k8s["shm_size"]))),
-        client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource()),
+        client.V1Volume(name="dshm", empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit=shm_size)),
+        client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource(size_limit=tmp_size)),
     ]
     mounts = [client.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
               client.V1VolumeMount(name="tmp", mount_path="/tmp")]
@@ -269,6 +380,7 @@ def render(k8s_cfg: DictConfig | dict, train_overrides: list[str], name: str | N
     for key in ("nodes", "gpus_per_node"):
         if not isinstance(k8s.get(key), int) or k8s[key] < (1 if key == "nodes" else 0):
             raise ConfigError(f"k8s.{key}: expected a whole number >= {1 if key == 'nodes' else 0}, got {k8s.get(key)!r}")
+    check_namespace(k8s.get("namespace"))
     experiment = experiment_of(train_overrides)
     name = check_name(name or k8s.get("name") or default_name(experiment))
     meta_labels = labels(k8s, name, experiment, sweep)
