@@ -36,7 +36,8 @@ def main() -> None:
     print(f"{args.site or 'mean over sites'} | " + " | ".join(p.upper() for p in policies))
     print("|".join(["---"] + ["---:"] * len(policies)))
     for f in fractions:
-        cells = [f"{old[f, p]:.3f} → {new[f, p]:.3f}" if (f, p) in old else f"– → {new[f, p]:.3f}" for p in policies]
+        cells = [f"{old[f, p]:.3f} → {new[f, p]:.3f}" if (f, p) in old else f"– → {new[f, p]:.3f}"
+                 for p in policies]
         print(f"{f:g} | " + " | ".join(cells))
 
 

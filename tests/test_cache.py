@@ -13,7 +13,7 @@ import pytest
 from cmsdl.config import compose_run_config
 from cmsdl.data.popularity import write_popularity
 from cmsdl.data.popularity_sim import simulate_popularity
-from cmsdl.errors import ConfigError
+from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.tools.cache import CacheSimulator, next_use, static_set
 from cmsdl.tools.cache_sim import prepare_study, site_simulator
 from tests.conftest import run_cmsdl
@@ -128,7 +128,8 @@ def test_cache_sim_command_writes_table_and_curves(popularity_file: Path, tmp_pa
     assert [r["site"] for r in table] == ["T1_US_FNAL", "T2_DE_DESY"]
     for row in table:
         assert int(row["compulsory misses"]) <= int(row["#DS"])
-        assert float(row["max hit rate"]) == pytest.approx(1 - int(row["compulsory misses"]) / int(row["#DS"]), abs=1e-4)
+        ceiling = 1 - int(row["compulsory misses"]) / int(row["#DS"])
+        assert float(row["max hit rate"]) == pytest.approx(ceiling, abs=1e-4)
         assert float(row["% popular DS"]) == pytest.approx(100 * int(row["#popular DS"]) / int(row["#DS"]), abs=0.01)
     with open(out / "hit_rates.csv") as handle:
         rates = list(csv.DictReader(handle))
@@ -296,3 +297,12 @@ def test_every_policy_is_scored_after_the_warmup_weeks(popularity_file: Path, tm
     assert {(r["policy"], int(r["requests"]), int(r["scored_from_week"])) for r in rates} == {
         (p, scored, 9) for p in ("lru", "opt", "ppc", "ppc100", "sdc")}
     assert "from week 9 on" in proc.stdout
+
+
+def test_bad_predictions_file_is_one_error(popularity_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "predictions.csv"
+    bad.write_text("dataset,week,label,size_gb,p_dnn\n/A/x-v1/AOD,3,0,1.0,high\n")
+    for path, message in [(bad, "line 2"), (tmp_path / "missing.csv", "no such predictions file")]:
+        cfg = compose_run_config("cache_sim", [f"input={popularity_file}", f"predictions={path}"])
+        with pytest.raises(InputFormatError, match=message):
+            prepare_study(cfg)

@@ -281,7 +281,8 @@ def _lru_unit(items: list[int], capacity: int) -> bytearray:
     return hit
 
 
-def _partition(guarded: OrderedDict, free: OrderedDict, last: dict[int, int], keep: set[int]) -> tuple[OrderedDict, OrderedDict]:
+def _partition(guarded: OrderedDict, free: OrderedDict, last: dict[int, int],
+               keep: set[int]) -> tuple[OrderedDict, OrderedDict]:
     """Re-split the cached items into protected and free parts, each in least-recently-used order."""
     cached = sorted([*guarded.items(), *free.items()], key=lambda kv: last[kv[0]])
     new_guarded = OrderedDict((x, s) for x, s in cached if x in keep)

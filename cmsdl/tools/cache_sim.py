@@ -13,6 +13,7 @@ its static set on it. Outputs in ``out``: site_table.csv, hit_rates.csv, hit_rat
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import zlib
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 from cmsdl.config import hydra_app
 from cmsdl.data.popularity import LabelRule, PopularityTable, WeeklyTotals, load_popularity, weekly_totals
 from cmsdl.errors import ConfigError, InputFormatError
-from cmsdl.io import atomic_write, write_config, write_json
+from cmsdl.io import atomic_write, read_input_text, write_config, write_json
 from cmsdl.tools.cache import POLICIES, CacheSimulator, static_set
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,17 @@ def predicted_flags(path: str, totals: WeeklyTotals, model: str, threshold: floa
     ``week`` was made from weeks <= week - horizon); without it every row is a next-week prediction (1).
     """
     column = f"p_{model}"
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        if column not in fields:
-            raise InputFormatError(f"{path}: no column {column!r}; columns are {fields}")
-        rows = [(r["dataset"], int(r["week"]), float(r[column]), int(r.get("horizon") or 1)) for r in reader]
+    reader = csv.DictReader(io.StringIO(read_input_text(path, "predictions file")))
+    fields = reader.fieldnames or []
+    if column not in fields:
+        raise InputFormatError(f"{path}: no column {column!r}; columns are {fields}")
+    rows = []
+    for line, r in enumerate(reader, start=2):
+        try:
+            rows.append((r["dataset"], int(r["week"]), float(r[column]), int(r.get("horizon") or 1)))
+        except (TypeError, ValueError):
+            raise InputFormatError(f"{path}: line {line}: expected an integer week and horizon and a number "
+                                   f"{column}, got {dict(r)}") from None
     offered = sorted({r[3] for r in rows})
     usable = 0
     while usable + 1 in offered:
@@ -151,6 +157,11 @@ def predicted_flags(path: str, totals: WeeklyTotals, model: str, threshold: floa
 
 def prepare_study(cfg: DictConfig) -> Study:
     """Load the records and derive the labels, the PPC/PPC100 protections and the warm-up split."""
+    unknown = [p for p in cfg.policies if p not in POLICIES]
+    if unknown:
+        raise ConfigError(f"policies: unknown {unknown}, expected some of {', '.join(POLICIES)}")
+    if cfg.size_unit not in ("datasets", "tb"):
+        raise ConfigError(f"size_unit: got {cfg.size_unit!r}, expected datasets or tb")
     if cfg.horizon_weeks < 1:
         raise ConfigError(f"horizon_weeks: expected a number of weeks >= 1, got {cfg.horizon_weeks}")
     if not 0 <= cfg.warmup_fraction < 1:
@@ -259,13 +270,8 @@ def ordering_checks(results: list[dict[str, Any]], max_hits: int) -> dict[str, i
     return {"sizes": len(by_size), "ordered_sizes": int(ordered), "results": len(results), "below_max": int(below)}
 
 
-def check_config(cfg: DictConfig, table_sites: set[str]) -> list[str]:
-    """Policies, size unit and sites as configured; returns the sites to simulate."""
-    unknown = [p for p in cfg.policies if p not in POLICIES]
-    if unknown:
-        raise ConfigError(f"policies: unknown {unknown}, expected some of {', '.join(POLICIES)}")
-    if cfg.size_unit not in ("datasets", "tb"):
-        raise ConfigError(f"size_unit: got {cfg.size_unit!r}, expected datasets or tb")
+def chosen_sites(cfg: DictConfig, table_sites: set[str]) -> list[str]:
+    """The sites to simulate: cfg.sites, each of them in the input, or every site of the input."""
     sites = list(cfg.sites) if cfg.sites else sorted(table_sites)
     missing = [s for s in sites if s not in table_sites]
     if missing:
@@ -278,7 +284,7 @@ def cache_sim(cfg: DictConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     study = prepare_study(cfg)
-    sites = check_config(cfg, set(study.table["site"]))
+    sites = chosen_sites(cfg, set(study.table["site"]))
     scored_from = study.totals.first_week + study.warmup_weeks
     site_rows, curves, checks, all_results, ceilings = [], {}, {}, [], {}
     for site in tqdm(sites, desc="sites", disable=not cfg.progress):
