@@ -78,8 +78,8 @@ def class_rows(arrays: tuple[np.ndarray, ...], results: dict[str, tuple], dnn: P
     if dnn:
         m = json.loads(dnn.read_text())["metrics"]
         rows.append(f"| DNN ({dnn}) | {m['test/auroc']:.3f} | {m['test/acc']:.3f} | | | |")
-    return ["| latency class | AUC | accuracy | balanced accuracy | fit s | peak MB |", "|---|---:|---:|---:|---:|---:|",
-            *rows]
+    header = "| latency class | AUC | accuracy | balanced accuracy | fit s | peak MB |"
+    return [header, "|---|---:|---:|---:|---:|---:|", *rows]
 
 
 def latency_rows(arrays: tuple[np.ndarray, ...], results: dict[str, tuple], dnn: Path | None) -> list[str]:

@@ -69,7 +69,8 @@ def records(rows: list[tuple[str, int, int, int]]) -> PopularityTable:
     naccess = np.array([n for *_, n in rows], dtype=np.int64)
     return PopularityTable({
         "dataset": np.array(names, dtype=object), "tier": np.array(["AOD"] * len(rows), dtype=object),
-        "week": np.array([w for _, _, w, _ in rows], dtype=np.int64), "site": np.array(["T1_US_FNAL"] * len(rows), dtype=object),
+        "week": np.array([w for _, _, w, _ in rows], dtype=np.int64),
+        "site": np.array(["T1_US_FNAL"] * len(rows), dtype=object),
         "naccess": naccess, "nusers": np.minimum(naccess, 3), "cpu_hours": naccess * 2.0,
         "size_gb": np.full(len(rows), 100.0), "nfiles": np.full(len(rows), 10, dtype=np.int64),
         "creation_week": np.array([c for _, c, _, _ in rows], dtype=np.int64)})
@@ -100,6 +101,14 @@ def test_dormant_dataset_read_again_is_counted_not_scored() -> None:
     assert candidate_weeks(samples, "Back") == [1, 2, 7]
     uncovered = uncovered_per_week(totals, LabelRule(), history_weeks=2)
     assert uncovered[6] == {"n_new": 0, "n_new_popular": 0, "n_dormant": 1, "n_dormant_popular": 1}
+
+
+def test_a_later_size_does_not_reach_earlier_features() -> None:
+    table = records([("Grows", 0, w, 20) for w in range(6)])
+    table.columns["size_gb"][3:] = 900.0                               # the dataset grew in week 3
+    samples = build_samples(weekly_totals(table), LabelRule(), lags=1, history_weeks=2)
+    size = raw_columns(1).index("size_gb")
+    assert samples.values[samples.weeks == 2, size].tolist() == [100.0]
 
 
 def test_table1_counts_datasets_by_period_totals_with_column_shares() -> None:

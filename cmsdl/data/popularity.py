@@ -235,7 +235,7 @@ class WeeklyTotals:
 
 
 def weekly_totals(table: PopularityTable) -> WeeklyTotals:
-    """Sum a table over sites into dense (dataset x week) matrices; static attributes from the last row seen."""
+    """Sum a table over sites into dense (dataset x week) matrices; static attributes from each dataset's first week."""
     names, ds = np.unique(table["dataset"], return_inverse=True)
     first, last = int(table["week"].min()), int(table["week"].max())
     if last - first >= MAX_WEEKS:
@@ -250,10 +250,8 @@ def weekly_totals(table: PopularityTable) -> WeeklyTotals:
         sums[key] = grid
     nsites = np.zeros(shape)
     np.add.at(nsites, (ds, wk), table["naccess"] > 0)
-    static = {}
-    for key in ("tier", "size_gb", "nfiles", "creation_week"):
-        values = np.empty(len(names), dtype=table[key].dtype)
-        values[ds] = table[key]
-        static[key] = values
+    by_week = np.lexsort((table["week"], ds))
+    earliest = by_week[np.unique(ds[by_week], return_index=True)[1]]   # a later size is unknown before its week
+    static = {key: table[key][earliest] for key in ("tier", "size_gb", "nfiles", "creation_week")}
     return WeeklyTotals(names, static["tier"], static["size_gb"], static["nfiles"], static["creation_week"],
                         first, sums["naccess"], sums["nusers"], sums["cpu_hours"], nsites)
