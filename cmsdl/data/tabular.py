@@ -124,7 +124,7 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
     def _build(self) -> None:
         records, labels = self.source.load()
         regression = self.task == "regression"
-        if not regression:
+        if not regression and self.mean is None:  # fitting on these records (eval of a fitted model may see one)
             self._check_classes(labels)
         train, val, test = stratified_split(labels, self.split, self.seed, stratified=not regression)
         if not self.source.fitted:
