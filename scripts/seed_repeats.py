@@ -1,0 +1,117 @@
+"""AUC as mean ± std over weeks and over seeds: the popularity rolling window and the workflow DNN, repeated.
+
+    .venv/bin/python scripts/seed_repeats.py popularity --input data/popularity.csv --out logs/repeats/popularity
+    .venv/bin/python scripts/seed_repeats.py workflows --input data/workflows.json --out logs/repeats/workflows
+    ... [--seeds 1 2 3 4 5] [-- extra cmsdl overrides, e.g. max_windows=5]
+
+Each seed is one `cmsdl popularity ... seed=<s>` (the DNN's initialisation and the baselines' random_state) or
+one `cmsdl train experiment=workflow_actions seed=<s>` (initialisation and the 70/15/15 split) on the same data,
+run as a user would, in `<out>/seed<s>`; a seed whose outputs exist is read, not rerun. Prints and writes
+`<out>/repeats.json`: per model the AUC averaged over every (seed, week), the standard deviation over weeks (of
+the per-week AUC averaged over seeds) and over seeds (of each seed's mean over weeks); sample standard deviations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SEEDS = (1, 2, 3, 4, 5)
+
+
+def run_cmsdl(*args: str) -> None:
+    """`cmsdl <args>` in a fresh interpreter; stops with its output when it fails."""
+    proc = subprocess.run([sys.executable, "-m", "cmsdl.cli", *args], text=True, capture_output=True,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise SystemExit(f"cmsdl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+
+
+def sample_std(values: np.ndarray) -> float:
+    """Standard deviation with one degree of freedom removed (0 for a single value)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(auc: dict[str, dict[int, dict[int, float]]]) -> dict[str, dict[str, float]]:
+    """auc[model][seed][week] → mean over (seed, week), std over weeks, std over seeds (NaN weeks skipped)."""
+    summary = {}
+    for model, by_seed in auc.items():
+        seeds = sorted(by_seed)
+        weeks = sorted(set.intersection(*(set(by_seed[s]) for s in seeds)))
+        grid = np.array([[by_seed[s][w] for w in weeks] for s in seeds], dtype=float)   # seeds x weeks
+        per_week, per_seed = np.nanmean(grid, axis=0), np.nanmean(grid, axis=1)
+        summary[model] = {"auc": float(np.nanmean(grid)), "std_weeks": sample_std(per_week[np.isfinite(per_week)]),
+                          "std_seeds": sample_std(per_seed), "n_weeks": len(weeks), "n_seeds": len(seeds),
+                          "per_seed": [round(float(v), 4) for v in per_seed]}
+    return summary
+
+
+def popularity_auc(args: argparse.Namespace) -> dict[str, dict[int, dict[int, float]]]:
+    """Run the rolling window once per seed; AUC per model, seed and target week."""
+    auc: dict[str, dict[int, dict[int, float]]] = {}
+    for seed in args.seeds:
+        out = args.out / f"seed{seed}"
+        if not (out / "summary.json").is_file():
+            run_cmsdl("popularity", f"input={args.input}", f"out={out}", f"seed={seed}", "progress=false",
+                      *args.overrides)
+        with open(out / "metrics.csv") as handle:
+            for row in csv.DictReader(handle):
+                auc.setdefault(row["model"], {}).setdefault(seed, {})[int(row["week"])] = float(row["auc"])
+    return auc
+
+
+def workflow_auc(args: argparse.Namespace) -> dict[str, dict[int, dict[int, float]]]:
+    """Train the seed's workflow DNN once per seed; test AUC per seed (one 'week': the test split)."""
+    auc: dict[int, dict[int, float]] = {}
+    for seed in args.seeds:
+        run_dir = args.out / "train" / "runs" / f"seed{seed}"
+        if not (run_dir / "metrics.json").is_file():
+            run_cmsdl("train", "experiment=workflow_actions", f"data.source.path={args.input}",
+                      f"paths.log_dir={args.out}", f"run_name=seed{seed}", f"seed={seed}", "trainer=cpu",
+                      "callbacks.progress_bar.refresh_rate=0", *args.overrides)
+        metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+        auc[seed] = {0: float(metrics["test/auroc"])}
+    return {"dnn": auc}
+
+
+def print_table(study: str, summary: dict[str, dict[str, Any]]) -> None:
+    over_weeks = study == "popularity"
+    print(f"{study}: AUC mean" + (" ± std over weeks" if over_weeks else "") + " ± std over seeds")
+    for model, s in summary.items():
+        weeks = f" ± {s['std_weeks']:.3f} (weeks, n={s['n_weeks']})" if over_weeks else ""
+        print(f"  {model:18} {s['auc']:.3f}{weeks} ± {s['std_seeds']:.3f} (seeds, n={s['n_seeds']}); "
+              f"per seed {s['per_seed']}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", choices=["popularity", "workflows"])
+    parser.add_argument("--input", type=Path, required=True, help="popularity CSV or workflows JSON")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.overrides = argv[cut + 1:]
+    if not args.input.is_file():
+        raise SystemExit(f"error: --input {args.input}: no such file")
+    args.out.mkdir(parents=True, exist_ok=True)
+    auc = popularity_auc(args) if args.study == "popularity" else workflow_auc(args)
+    summary = summarise(auc)
+    report = {"study": args.study, "input": str(args.input), "seeds": args.seeds, "overrides": args.overrides,
+              "models": summary}
+    (args.out / "repeats.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(args.study, summary)
+    return report
+
+
+if __name__ == "__main__":
+    main()

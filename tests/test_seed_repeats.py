@@ -1,0 +1,46 @@
+"""scripts/seed_repeats.py: AUC mean ± std over weeks and over seeds, from real (tiny) runs of the commands."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmsdl.data.popularity import write_popularity
+from cmsdl.data.popularity_sim import simulate_popularity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script() -> object:
+    spec = importlib.util.spec_from_file_location("seed_repeats", REPO / "scripts" / "seed_repeats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_std_over_weeks_and_over_seeds_are_different_spreads() -> None:
+    summary = load_script().summarise({"dnn": {1: {10: 0.9, 11: 0.8}, 2: {10: 0.7, 11: 0.6}}})["dnn"]
+    assert summary["auc"] == pytest.approx(0.75)
+    assert summary["std_weeks"] == pytest.approx(0.0707, abs=1e-4)      # weeks 10, 11: 0.8 and 0.7
+    assert summary["std_seeds"] == pytest.approx(0.1414, abs=1e-4)      # seeds 1, 2: 0.85 and 0.65
+    assert (summary["n_weeks"], summary["n_seeds"]) == (2, 2)
+
+
+@pytest.mark.slow
+def test_popularity_repeats_run_the_command_once_per_seed(tmp_path: Path) -> None:
+    data = tmp_path / "popularity.csv"
+    write_popularity(data, simulate_popularity(n_datasets=300, n_weeks=20, seed=2))
+    args = [sys.executable, str(REPO / "scripts" / "seed_repeats.py"), "popularity", "--input", str(data),
+            "--out", str(tmp_path / "out"), "--seeds", "1", "2", "--", "train_months=3", "max_windows=2",
+            "dnn.epochs=2", "baselines={}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "repeats.json").read_text())
+    dnn = report["models"]["dnn"]
+    assert (dnn["n_seeds"], dnn["n_weeks"]) == (2, 2) and 0.5 < dnn["auc"] <= 1 and len(set(dnn["per_seed"])) == 2
+    assert "± std over weeks" in proc.stdout and (tmp_path / "out" / "seed2" / "metrics.csv").is_file()
