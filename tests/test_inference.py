@@ -179,7 +179,8 @@ def test_npy_headers_are_checked_before_anything_is_allocated() -> None:
 def png(width: int, height: int, color_type: int = 6) -> bytes:
     """A PNG whose header declares width x height and whose pixel data is cut short."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(bytes(100))) + png_chunk(b"IEND", b"")
+    pixels = png_chunk(b"IDAT", zlib.compress(bytes(100)))
+    return SIGNATURE + png_chunk(b"IHDR", ihdr) + pixels + png_chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,8 @@ def png_zeros(width: int, height: int, color_type: int = 6, planes: int = 4) -> 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height RGBA and whose pixel data is cut short."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(bytes(1000))) + png_chunk(b"IEND", b"")
+    pixels = png_chunk(b"IDAT", zlib.compress(bytes(1000)))
+    return SIGNATURE + png_chunk(b"IHDR", ihdr) + pixels + png_chunk(b"IEND", b"")
 
 
 def pil_png(array: np.ndarray, mode: str | None = None) -> bytes:

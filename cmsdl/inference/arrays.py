@@ -81,7 +81,8 @@ def table_from_lists(rows: Sequence[Any], width: int) -> np.ndarray:
         return checked_float(table, "rows")
     for r, row in enumerate(rows):
         if not isinstance(row, list):
-            raise InputError(f"rows[{r}]: expected a list of {width} numbers like rows[0], got {type_name(row)}")
+            raise InputError(f"rows[{r}]: expected a list of {width} numbers (or every row an object of features), "
+                             f"got {type_name(row)}")
         if len(row) != width:
             raise InputError(f"rows[{r}]: {len(row)} values, the model takes {width} features (in the order of "
                              "its feature_names)")
@@ -134,7 +135,8 @@ def load_npy(body: bytes) -> np.ndarray:
             raise ValueError(f"format version {version} (expected 1.0 or 2.0)")
         shape, fortran_order, dtype = read_header[version](stream)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as err:
-        raise InputError(f"body: not a .npy array ({str(err)[:120]})") from None
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+        raise InputError(f"body: not a .npy array ({reason})") from None
     if dtype.kind not in NUMBER_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise InputError(f"body: .npy dtype {dtype.str!r}; expected a plain numeric dtype such as '<f4'")
     count = math.prod(shape)

@@ -25,27 +25,27 @@ PNG_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 def decode_png(image: str | Path | bytes, name: str, shape: Sequence[int]) -> np.ndarray:
     """A PNG as uint8 [C, H, W] (its first C planes); InputError naming the image if it is not a readable PNG or
-    its header declares another size or too few channels than `shape` = (C, H, W)."""
+    its header declares another size, or fewer channels, than `shape` = (C, H, W)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(image) if isinstance(image, bytes) else Path(image)) as png:
-            if png.format != "PNG":
-                raise InputError(f"{name}: a {png.format} image, expected PNG")
-            check_header(png.size, png.mode, name, shape)
+            check_header(png.format, png.size, png.mode, name, shape)
             pixels = np.asarray(png)
+    except InputError:
+        raise
     except Image.DecompressionBombError as err:
         raise InputError(f"{name}: {err}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        if isinstance(err, InputError):
-            raise
         raise InputError(f"{name}: not a readable PNG image ({str(err)[:120]})") from None
     pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
     return pixels[: shape[0]]
 
 
-def check_header(size: tuple[int, int], mode: str, name: str, shape: Sequence[int]) -> None:
-    """The declared (width, height) and mode fit the model's [C, H, W] input."""
+def check_header(image_format: str | None, size: tuple[int, int], mode: str, name: str, shape: Sequence[int]) -> None:
+    """The declared format, (width, height) and mode fit the model's [C, H, W] input."""
+    if image_format != "PNG":
+        raise InputError(f"{name}: a {image_format} image, expected PNG")
     channels, height, width = shape
     planes = PNG_MODES.get(mode)
     if planes is None:
@@ -106,7 +106,8 @@ def event_hits(event: Any, i: int, group_by: str) -> dict[str, np.ndarray]:
     hits = {key: hit_column(values, f"hits[{i}].{key}", key == group_by) for key, values in event.items()}
     lengths = {key: len(values) for key, values in hits.items()}
     if len(set(lengths.values())) > 1:
-        raise InputError(f"hits[{i}]: the hit lists differ in length ({', '.join(f'{k}: {n}' for k, n in lengths.items())})")
+        counts = ", ".join(f"{key}: {n}" for key, n in lengths.items())
+        raise InputError(f"hits[{i}]: the hit lists differ in length ({counts})")
     return hits
 
 

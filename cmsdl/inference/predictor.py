@@ -169,7 +169,8 @@ class Predictor:
         try:
             raw = getattr(importlib.import_module(module), function)(state, records)
         except (ValueError, OverflowError, RecursionError) as err:
-            raise InputError(f"records: {first_line(err)}") from None
+            message = first_line(err)
+            raise InputError(message if message.startswith("records") else f"records: {message}") from None
         return self.run(self.scale(raw))
 
     def predict_images(self, images: Sequence[str | Path | bytes]) -> Prediction:
@@ -192,7 +193,6 @@ class Predictor:
     def require_kind(self, kind: str) -> None:
         if self.kind != kind:
             raise InputError(f"this is a {self.kind} model; {kind} inputs do not apply")
-
 
 
 def first_line(err: BaseException) -> str:
