@@ -3,63 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from cmsdl.callbacks import CHECKPOINT_KEY
-from cmsdl.config import hydra_app, instantiate_logged
-from cmsdl.errors import CmsdlError, ConfigError
+from cmsdl.checkpoint import load_checkpoint, restore
+from cmsdl.config import hydra_app
+from cmsdl.errors import ConfigError
 from cmsdl.report import seed_table_cells, write_regression_report, write_report
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A cmsdl checkpoint as a dict; a missing or foreign file raises one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CmsdlError(f"ckpt: {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CmsdlError(f"ckpt: {path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
-        raise CmsdlError(f"ckpt: {path} was not written by `cmsdl train` (no '{CHECKPOINT_KEY}' entry)")
-    return checkpoint
-
-
-@contextmanager
-def working_directory(path: str | None) -> Iterator[None]:
-    """Run a block in `path` (if it exists): relative data paths of a run are relative to where it ran."""
-    previous = os.getcwd()
-    if path and Path(path).is_dir():
-        os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def restore(checkpoint: dict[str, Any], data_overrides: DictConfig | None = None) -> tuple[Any, pl.LightningModule]:
-    """The datamodule (with its fitted preprocessing) and the trained model stored in a checkpoint."""
-    context = checkpoint[CHECKPOINT_KEY]
-    run_cfg = OmegaConf.create(context["config"])
-    data_cfg = OmegaConf.merge(run_cfg.data, data_overrides or {})
-    datamodule = instantiate_logged(data_cfg, "data")
-    datamodule.load_state_dict(context["preprocessing"])
-    with working_directory(run_cfg.get("paths", {}).get("root_dir")):
-        datamodule.setup()
-    model = instantiate_logged(run_cfg.model, "model")
-    model.load_state_dict(checkpoint["state_dict"])
-    return datamodule, model.eval()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cmsdl.config import compose_run_config
-from cmsdl.evaluate import load_checkpoint, restore
+from cmsdl.checkpoint import load_checkpoint, restore
 from cmsdl.export.exporter import InferenceGraph, ParityError, export
 from cmsdl.inference import Predictor
 
@@ -116,3 +116,67 @@ def test_regression_model_evaluates_exports_and_predicts_raw_records(tmp_path: P
     records = read_transfer_log(log_file, "<EOR>").records[:5]
     result = predictor.predict_records(records)
     assert result.outputs.shape == (5, 1) and np.isfinite(result.outputs).all()
+
+
+def run_export(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """`cmsdl export <args>` through the command's entry point in this process: exit status and stderr."""
+    from cmsdl.cli import main
+
+    capsys.readouterr()
+    try:
+        status = main(["export", *args])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("level", ["null", "basic", "extended", "all"])
+def test_every_optimize_and_quantize_combination_exports_completely(level: str, quantize: bool, tmp_path: Path,
+                                                                    trained_checkpoint: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """optimize=extended|all with quantize=true crashed in the quantiser and left m.onnx without its report."""
+    out = tmp_path / "m.onnx"
+    status, stderr = run_export(capsys, f"ckpt={trained_checkpoint}", f"out={out}", f"optimize={level}",
+                                f"quantize={str(quantize).lower()}")
+    assert status == 0, stderr[-2000:]
+    expected = {"m.onnx", "m.export.json"} | ({"m.int8.onnx"} if quantize else set())
+    assert {p.name for p in tmp_path.iterdir()} == expected, "no staged or partial files are left"
+    report = json.loads((tmp_path / "m.export.json").read_text())
+    assert report["optimize"] == (None if level == "null" else level)
+    rows = [{"50660|good": 12.0, "84|bad": 3.0}]
+    for name in expected - {"m.export.json"}:
+        probabilities = Predictor(tmp_path / name).predict_rows(rows).probabilities
+        assert probabilities.shape == (1, 2) and np.isfinite(probabilities).all()
+    if quantize:
+        assert max(report["int8"]["max_abs_diff"].values()) < 0.1
+
+
+def test_a_failing_sibling_leaves_every_earlier_output_untouched(tmp_path: Path, trained_checkpoint: Path,
+                                                                 capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """All-or-nothing: the int8 step fails after the main model passed its parity check; nothing is replaced."""
+    import cmsdl.export.exporter as exporter
+
+    def broken_quantizer(*args: object) -> None:
+        raise RuntimeError("Unable to find data type for weight_name='w'\nsecond line")
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"earlier model")
+    (tmp_path / "m.export.json").write_text("{}")
+    monkeypatch.setattr(exporter, "quantize_int8", broken_quantizer)
+    status, stderr = run_export(capsys, f"ckpt={trained_checkpoint}", f"out={out}", "optimize=all", "quantize=true")
+    assert status == 2 and "Traceback" not in stderr
+    assert ("error: export: quantize=true (dynamic int8) failed (RuntimeError: Unable to find data type for "
+            "weight_name='w'); nothing written") in stderr.splitlines()
+    assert out.read_bytes() == b"earlier model" and (tmp_path / "m.export.json").read_text() == "{}"
+    assert {p.name for p in tmp_path.iterdir()} == {"m.onnx", "m.export.json"}
+
+
+def test_bad_options_fail_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status, stderr = run_export(capsys, f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'm.onnx'}",
+                                "optimize=fastest")
+    assert status == 2 and "error: optimize: got 'fastest', expected one of basic, extended, all or null" in stderr
+    status, stderr = run_export(capsys, f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'm.json'}")
+    assert status == 2 and "error: out: got" in stderr and "expected a file name ending in .onnx" in stderr
+    assert not list(tmp_path.iterdir())

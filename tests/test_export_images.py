@@ -12,7 +12,7 @@ import pytest
 import torch
 import uproot
 
-from cmsdl.evaluate import load_checkpoint, restore
+from cmsdl.checkpoint import load_checkpoint, restore
 from cmsdl.export.exporter import InferenceGraph
 from cmsdl.hits.simulate import simulate_events, write_root
 from cmsdl.inference import Predictor

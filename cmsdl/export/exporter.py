@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
+import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,9 +32,9 @@ import cmsdl
 from cmsdl.callbacks import CHECKPOINT_KEY
 from cmsdl.config import hydra_app
 from cmsdl.errors import CmsdlError, ConfigError
-from cmsdl.evaluate import load_checkpoint, restore
+from cmsdl.checkpoint import load_checkpoint, resolve_checkpoint, restore
 from cmsdl.inference.metadata import ModelContract, TensorSpec
-from cmsdl.io import atomic_write, write_json
+from cmsdl.io import atomic_write
 
 log = logging.getLogger(__name__)
 INPUT_NAMES = {"tabular": "features", "image": "images"}
@@ -166,8 +169,6 @@ def check_parity(model_bytes: bytes, graph: nn.Module, samples: torch.Tensor,
 
 def optimize(model_bytes: bytes, level: str, contract: ModelContract) -> onnx.ModelProto:
     """onnxruntime's offline graph optimisation; the metadata is carried over."""
-    if level not in OPTIMIZATION_LEVELS:
-        raise ConfigError(f"optimize: got {level!r}, expected one of {', '.join(OPTIMIZATION_LEVELS)} or null")
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
@@ -179,7 +180,11 @@ def optimize(model_bytes: bytes, level: str, contract: ModelContract) -> onnx.Mo
 
 
 def quantize_int8(model_bytes: bytes, contract: ModelContract) -> onnx.ModelProto:
-    """Dynamic int8 quantisation of weights (CPU inference); metadata carried over."""
+    """Dynamic int8 quantisation of weights (CPU inference) of the plain fp32 graph; metadata carried over.
+
+    The quantiser needs the type of every weight, which onnxruntime's extended and all-level fusions drop
+    (`Unable to find data type for weight_name=...`): it runs before any graph optimisation.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,68 +196,116 @@ def quantize_int8(model_bytes: bytes, contract: ModelContract) -> onnx.ModelProt
     return model
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> Path:
-    with atomic_write(path, "wb") as handle:
-        handle.write(model.SerializeToString())
-    return path
-
-
 def sibling(out: Path, tag: str) -> Path:
     return out.with_name(f"{out.stem}.{tag}{out.suffix}")
 
 
-def export(cfg: DictConfig) -> dict[str, Any]:
-    """Export cfg.ckpt to cfg.out after the parity check; returns the export report (also written as JSON)."""
+def report_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.export.json")
+
+
+def check_options(cfg: DictConfig) -> Path:
+    """The output path, once every option is known to be valid (before any work is done)."""
     out = Path(cfg.out)
-    checkpoint = load_checkpoint(cfg.ckpt)
+    if out.suffix != ".onnx":
+        raise ConfigError(f"out: got {str(out)!r}, expected a file name ending in .onnx")
+    if cfg.optimize and cfg.optimize not in OPTIMIZATION_LEVELS:
+        raise ConfigError(f"optimize: got {cfg.optimize!r}, expected one of {', '.join(OPTIMIZATION_LEVELS)} or null")
+    return out
+
+
+def step(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one export step; a failure inside onnx / onnxruntime becomes one line saying which step failed."""
+    try:
+        return fn(*args)
+    except CmsdlError:
+        raise
+    except Exception as err:
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CmsdlError(f"export: {what} failed ({type(err).__name__}: {first_line}); nothing written") from None
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export cfg.ckpt to cfg.out after the parity check; returns the export report (also written as JSON).
+
+    All-or-nothing: every model and the report are built and checked in memory first, then written under
+    temporary names and renamed together, the main model last.
+    """
+    out = check_options(cfg)
+    ckpt = resolve_checkpoint(cfg.ckpt)
+    checkpoint = load_checkpoint(ckpt)
     datamodule, model = restore(checkpoint, cfg.get("data"))
     samples = sample_inputs(datamodule, cfg.parity.samples)
     graph = InferenceGraph(model).eval()
-    contract = build_contract(checkpoint, model, samples, cfg.ckpt)
-    onnx_model = to_onnx(graph, samples[:2], contract, cfg.opset)
-    if cfg.optimize:
-        onnx_model = optimize(onnx_model.SerializeToString(), cfg.optimize, contract)
-    model_bytes = onnx_model.SerializeToString()
+    contract = build_contract(checkpoint, model, samples, str(ckpt))
+    fp32 = step(f"ONNX conversion (opset={cfg.opset})", to_onnx, graph, samples[:2], contract, cfg.opset)
+    fp32_bytes = fp32.SerializeToString()
+    main_model = step(f"optimize={cfg.optimize}", optimize, fp32_bytes, cfg.optimize, contract) if cfg.optimize else fp32
+    model_bytes = main_model.SerializeToString()
     parity = check_parity(model_bytes, graph, samples)
     if parity.worst > cfg.parity.atol:
         raise ParityError(f"export: onnxruntime differs from PyTorch by {parity.worst:.3g} (max abs, per batch size "
                           f"{parity.max_abs_diff}), above parity.atol={cfg.parity.atol}; {out} not written")
-    save_model(onnx_model, out)
+    files: dict[Path, bytes] = {}
     report = {"model": str(out), "opset": cfg.opset, "optimize": cfg.optimize, "contract": contract.to_dict(),
               "parity": {"atol": cfg.parity.atol, "samples": len(samples), "max_abs_diff": parity.max_abs_diff}}
-    log.info("exported %s: parity max abs diff %.2e over %d samples", out, parity.worst, len(samples))
     if cfg.quantize:
-        report["int8"] = export_int8(model_bytes, graph, samples, contract, sibling(out, "int8"))
+        path = sibling(out, "int8")
+        files[path], report["int8"] = export_int8(fp32_bytes, graph, samples, contract, cfg.optimize, path)
     if cfg.fp16:
-        report["fp16"] = export_fp16(model, samples, contract, cfg.opset, sibling(out, "fp16"))
-    write_json(sibling(out, "export").with_suffix(".json"), report | {"config": OmegaConf.to_container(cfg)})
+        path = sibling(out, "fp16")
+        files[path], report["fp16"] = export_fp16(model, samples, contract, cfg.opset, path)
+    report_json = json.dumps(report | {"config": OmegaConf.to_container(cfg)}, indent=2) + "\n"
+    files[report_path(out)] = report_json.encode()
+    files[out] = model_bytes
+    write_together(files)
+    log.info("exported %s: parity max abs diff %.2e over %d samples", out, parity.worst, len(samples))
     return report
 
 
-def export_int8(model_bytes: bytes, graph: nn.Module, samples: torch.Tensor, contract: ModelContract,
-                path: Path) -> dict[str, Any]:
-    """Dynamic int8 sibling; its parity is reported, not enforced (quantisation changes outputs by design)."""
-    quantized = quantize_int8(model_bytes, contract)
-    parity = check_parity(quantized.SerializeToString(), graph, samples)
-    save_model(quantized, path)
+def export_int8(fp32_bytes: bytes, graph: nn.Module, samples: torch.Tensor, contract: ModelContract,
+                level: str | None, path: Path) -> tuple[bytes, dict[str, Any]]:
+    """Dynamic int8 sibling (quantised from the fp32 graph, then optimised at the same level as the main model);
+    its parity is reported, not enforced (quantisation changes outputs by design)."""
+    quantized = step("quantize=true (dynamic int8)", quantize_int8, fp32_bytes, contract)
+    if level:
+        quantized = step(f"optimize={level} of the int8 model", optimize, quantized.SerializeToString(), level,
+                         contract)
+    model_bytes = quantized.SerializeToString()
+    parity = check_parity(model_bytes, graph, samples)
     log.info("int8 model %s: max abs diff to PyTorch fp32 %.3g", path, parity.worst)
-    return {"model": str(path), "max_abs_diff": parity.max_abs_diff}
+    return model_bytes, {"model": str(path), "max_abs_diff": parity.max_abs_diff}
 
 
 def export_fp16(model: nn.Module, samples: torch.Tensor, contract: ModelContract, opset: int,
-                path: Path) -> dict[str, Any]:
+                path: Path) -> tuple[bytes, dict[str, Any]]:
     """Half-precision weights and arithmetic (fp32 input and output) for GPUs; parity checked where it runs."""
     fp16_contract = replace(contract, source={**contract.source, "precision": "float16"})
     half_graph = InferenceGraph(copy.deepcopy(model), half=True).eval()
-    fp16 = to_onnx(half_graph, samples[:2], fp16_contract, opset)
-    save_model(fp16, path)
+    model_bytes = step("fp16=true", to_onnx, half_graph, samples[:2], fp16_contract, opset).SerializeToString()
     try:
-        parity = check_parity(fp16.SerializeToString(), InferenceGraph(model).eval(), samples)
+        parity = check_parity(model_bytes, InferenceGraph(model).eval(), samples)
         result = {"model": str(path), "max_abs_diff": parity.max_abs_diff}
     except Exception as err:  # onnxruntime's CPU provider lacks some fp16 kernels
         result = {"model": str(path), "max_abs_diff": None, "note": f"not checked on CPU: {err}".splitlines()[0]}
     log.info("fp16 model %s: %s", path, result)
-    return result
+    return model_bytes, result
+
+
+def write_together(files: dict[Path, bytes]) -> None:
+    """Write every file under a staging name beside its target, then rename them all, in order (the main model
+    last); if any write fails, no target is touched and the staged files are removed."""
+    staged = [(target.with_name(f".{target.name}.{os.getpid()}.staged"), target) for target in files]
+    try:
+        for tmp, target in staged:
+            with atomic_write(tmp, "wb") as handle:
+                handle.write(files[target])
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, target in staged:
+        os.replace(tmp, target)
 
 
 @hydra_app("export")
