@@ -217,3 +217,13 @@ def test_hits_are_checked_before_rendering(events: list, message: str) -> None:
     predictor = Predictor(toy_onnx.image_model())
     with pytest.raises(InputError, match=re.escape(message)):
         predictor.predict_hits(events)
+
+
+def test_records_a_model_reader_cannot_take_are_an_input_error() -> None:
+    names = [f"{code}|{status}" for code in ("50660", "84", "other") for status in ("good", "bad")]
+    contract = toy_onnx.tabular_contract(names, ["acdc", "clone"], source={"kind": "workflow_actions"})
+    predictor = Predictor(toy_onnx.model_bytes(toy_onnx.softmax_graph(6, 2), contract))
+    with pytest.raises(InputError, match="records: cannot be read as 'workflow_actions' records"):
+        predictor.predict_records([{"name": "w", "tasks": []}])
+    with pytest.raises(InputError, match=re.escape("raw features of shape [2, 5], expected [rows, 6]")):
+        predictor.scale(np.zeros((2, 5)))

@@ -183,6 +183,8 @@ def check_preprocessing(pre: Any, spec: TensorSpec, where: str) -> None:
             raise ContractError(f"{at}.{key} must be {len(features)} finite numbers, one per feature")
     if any(v == 0 for v in pre["std"]):
         raise ContractError(f"{at}.std has a zero; the scaling divides by it")
+    if not isinstance(pre.get("source", {}), dict):
+        raise ContractError(f"{at}.source must be an object (the fitted record reader's state)")
     defaults = pre.get("defaults", {})
     if (not isinstance(defaults, dict) or not set(defaults) <= set(features)
             or not all(map(is_finite_number, defaults.values()))):

@@ -146,7 +146,10 @@ class Predictor:
         """Tabular: (raw - mean) / std with the training split's statistics, as float32."""
         mean = np.asarray(self.preprocessing["mean"], dtype=np.float32)
         std = np.asarray(self.preprocessing["std"], dtype=np.float32)
-        return ((np.asarray(raw, dtype=np.float32) - mean) / std).astype(np.float32)
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.ndim != 2 or raw.shape[1] != len(mean):
+            raise InputError(f"raw features of shape {list(raw.shape)}, expected [rows, {len(mean)}]")
+        return ((raw - mean) / std).astype(np.float32)
 
     def predict_rows(self, rows: Sequence[Mapping[str, float] | Sequence[float]] | np.ndarray) -> Prediction:
         """Tabular: raw feature values, as dicts by feature name or lists in feature order. A dict must name every
@@ -171,6 +174,9 @@ class Predictor:
         except (ValueError, OverflowError, RecursionError) as err:
             message = first_line(err)
             raise InputError(message if message.startswith("records") else f"records: {message}") from None
+        except (KeyError, TypeError, AttributeError, IndexError) as err:  # records shaped unlike the reader expects
+            raise InputError(f"records: cannot be read as {state.get('kind')!r} records "
+                             f"({type(err).__name__}: {first_line(err)})") from None
         return self.run(self.scale(raw))
 
     def predict_images(self, images: Sequence[str | Path | bytes]) -> Prediction:
