@@ -76,9 +76,16 @@ def check_values(cfg: DictConfig, rules: tuple[ValueRule, ...] = TRAIN_VALUE_RUL
             raise ConfigError(f"{rule.key}: expected {rule.expected}, got {value!r}")
 
 
+EXAMPLE_TARGETS = {"data": "cmsdl.data.root_table.RootTableDataModule", "model": "cmsdl.models.classifier.Classifier",
+                   "trainer": "pytorch_lightning.Trainer"}
+
+
 def instantiate_logged(cfg: DictConfig, what: str, **kwargs: Any) -> Any:
     """hydra.utils.instantiate, logging the class it builds; a bad target becomes a ConfigError."""
-    target = cfg.get("_target_", "?")
+    target = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
+    if not target:
+        raise ConfigError(f"{what}: no _target_; expected the class to build, e.g. _target_: "
+                          f"{EXAMPLE_TARGETS.get(what, 'package.module.Class')}")
     log.info("building %s <%s>", what, target)
     try:
         return hydra.utils.instantiate(cfg, **kwargs)

@@ -90,3 +90,19 @@ def test_a_bad_value_is_one_error_line_naming_the_key(workdir: Path, override: s
     assert line.startswith(f"error: {key}: expected {expected}"), line
     assert not (workdir / "logs" / "train" / "runs").exists() or not any(
         (d / "checkpoints").exists() for d in runs(workdir).values()), "nothing was trained"
+
+
+def test_readme_delphes_data_config_is_a_datamodule(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [block] = [b for b in readme.split("```yaml\n")[1:] if b.startswith("# my-configs/data/delphes.yaml")]
+    (tmp_path / "my-configs" / "data").mkdir(parents=True)
+    (tmp_path / "my-configs" / "data" / "delphes.yaml").write_text(block.split("```")[0])
+    proc = run_cmsdl("train", "data=delphes", "model=mlp", f"hydra.searchpath=[file://{tmp_path}/my-configs]",
+                     cwd=tmp_path, check=False)
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "delphes_*.root" in line, "it gets as far as looking for the Delphes files"
+
+    (tmp_path / "my-configs" / "data" / "delphes.yaml").write_text("spec:\n  tree: Delphes\n")
+    proc = run_cmsdl("train", "data=delphes", "model=mlp", f"hydra.searchpath=[file://{tmp_path}/my-configs]",
+                     cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "error: data: no _target_" in proc.stderr and "Traceback" not in proc.stderr
