@@ -352,3 +352,19 @@ def test_a_body_that_never_arrives_gets_408(server: Server) -> None:
                      b"Content-Length: 1000\r\n\r\n{\"rows\": ")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+def test_a_keep_alive_client_is_not_cut_off_by_the_header_deadline(server: Server) -> None:
+    """Requests on one connection over longer than the 2 s header deadline, each head sent promptly."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        statuses = []
+        for _ in range(3):
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+            time.sleep(1.5)
+    finally:
+        conn.close()
+    assert statuses == [200, 200, 200]
