@@ -10,9 +10,9 @@ to one file per input, cmsdl/ntuple/scores.py). Several files or globs may be gi
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,16 @@ from tqdm import tqdm
 
 from cmsdl.config import hydra_app
 from cmsdl.errors import ConfigError, InputFormatError
-from cmsdl.inference import InputError, Prediction, Predictor, load_npy
+from cmsdl.inference import InputError, Prediction, Predictor
 from cmsdl.io import atomic_write
-from cmsdl.ntuple.remote import expand_remote, is_remote
-from cmsdl.ntuple.scores import score_files
+from cmsdl.ntuple.remote import is_remote, match_files
+from cmsdl.ntuple.scores import output_names, output_path, score_files
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".json", ".csv", ".npy", ".png", ".root")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_RECORD_DEPTH = 32
+BATCH_ERRORS = (InputError, ArithmeticError, TypeError, KeyError, ValueError, RecursionError)
 
 
 @dataclass
@@ -43,25 +46,29 @@ class Batch:
 
 
 def expand_inputs(spec: str | Sequence[str]) -> list[Path | str]:
-    """Files named by paths, globs and folders (folders: the PNG files inside, recursively); URLs as they are."""
+    """Files named by paths, globs and folders (folders: the PNG files inside, recursively); URLs as they are, remote
+    globs through the server's listing. Each file once; a name that matches nothing is one error saying why."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
     files: list[Path | str] = []
-    for pattern in patterns:
-        if is_remote(str(pattern)):
-            files += expand_remote(str(pattern))
-            continue
-        matches = sorted(glob.glob(str(pattern))) or [str(pattern)]
-        for match in map(Path, matches):
-            if match.is_dir():
-                files += sorted(match.rglob("*.png"))
-            elif match.is_file():
+    for pattern in map(str, patterns):
+        try:
+            matches = match_files(pattern)
+        except InputFormatError as err:
+            raise InputFormatError(f"input: {err}") from None
+        for match in matches:
+            if is_remote(match):
                 files.append(match)
+            elif Path(match).is_dir():
+                files += sorted(Path(match).rglob("*.png"))
             else:
-                raise InputFormatError(f"input: {match} does not exist")
+                files.append(Path(match))
+    if not files:
+        raise InputFormatError(f"input: {', '.join(map(str, patterns)) or 'an empty list'} names no input files "
+                               "(folders are searched for .png images)")
     unknown = [f for f in files if isinstance(f, Path) and f.suffix.lower() not in SUFFIXES]
     if unknown:
         raise InputFormatError(f"input: {unknown[0]} is not one of {', '.join(SUFFIXES)}")
-    return files
+    return list(dict.fromkeys(files))
 
 
 def batches(files: list[Path], size: int) -> Iterator[Batch]:
@@ -73,28 +80,116 @@ def batches(files: list[Path], size: int) -> Iterator[Batch]:
     for path in (f for f in files if f.suffix.lower() != ".png"):
         ids, data, method = read_table(path)
         for start in range(0, len(ids), size):
-            yield Batch(ids[start:start + size], data[start:start + size], method)
+            chunk = data[start:start + size]
+            yield Batch(ids[start:start + size], np.array(chunk) if isinstance(chunk, np.ndarray) else chunk, method)
 
 
 def read_table(path: Path) -> tuple[list[str], Any, str]:
     """Row identifiers, rows, and the Predictor method for a .json, .csv or .npy file."""
     suffix = path.suffix.lower()
+    if suffix == ".npy":
+        array = read_npy(path)
+        return [f"{path.name}:{i}" for i in range(len(array))], array, "run"
+    if suffix == ".csv":
+        rows = read_csv_rows(path)
+        return [f"{path.name}:{i}" for i in range(len(rows))], rows, "predict_rows"
+    records = read_json_records(path)
+    return [str(r.get("name", i)) if isinstance(r, dict) else str(i) for i, r in enumerate(records)], records, \
+        "predict_records"
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A .npy file mapped, not read: a header that declares more data than the file holds is one error (no pickles)."""
     try:
-        if suffix == ".npy":
-            array = load_npy(path.read_bytes())
-            return [f"{path.name}:{i}" for i in range(len(array))], array, "run"
-        if suffix == ".csv":
-            with path.open(newline="") as handle:
-                rows = [{k: float(v) for k, v in row.items() if k != "id"} for row in csv.DictReader(handle)]
-            return [f"{path.name}:{i}" for i in range(len(rows))], rows, "predict_rows"
-        doc = json.loads(path.read_text())
-    except (ValueError, InputError) as err:
-        raise InputFormatError(f"{path}: {err}") from None
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputFormatError(f"{path}: not a .npy array ({' '.join(str(err).split())[:200]})") from None
+    if array.ndim == 0:
+        raise InputFormatError(f"{path}: holds a single number; expected an array with one row per item")
+    return array
+
+
+def read_csv_rows(path: Path) -> list[dict[str, float]]:
+    """Feature rows of a CSV file with a header (a UTF-8 BOM is accepted; an `id` column is ignored); a value that
+    is not a number within float32's range is one error naming the row and the field."""
+    rows = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            for i, row in enumerate(reader):
+                where = f"{path}: row {i} (line {reader.line_num})"
+                if None in row:
+                    raise InputFormatError(f"{where}: {len(row[None])} more value(s) than the header's "
+                                           f"{len(reader.fieldnames or [])} columns")
+                rows.append({k: _csv_number(v, f"{where}, field {k!r}") for k, v in row.items() if k != "id"})
+    except csv.Error as err:
+        raise InputFormatError(f"{path}: line {reader.line_num}: not readable as CSV ({err})") from None
+    except UnicodeDecodeError as err:
+        raise InputFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return rows
+
+
+def _csv_number(text: str | None, where: str) -> float:
+    if text is None:
+        raise InputFormatError(f"{where}: no value (the row has fewer values than the header)")
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputFormatError(f"{where}: {text[:40]!r} is not a number") from None
+    return _in_range(value, where, text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)")
+
+
+def _in_range(value: int | float, where: str, shown: str | None = None) -> float:
+    """`value` as a float if it is finite and fits float32 (the model's input type); else one error."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        if shown is None:
+            shown = f"{number:.6g}" if math.isfinite(number) or isinstance(value, float) else \
+                f"an integer of {len(str(abs(value)))} digits"
+        raise InputFormatError(f"{where}: {shown} is out of range (expected a finite number of magnitude at most "
+                               f"{FLOAT32_MAX:.3g})")
+    return number
+
+
+def read_json_records(path: Path) -> list[Any]:
+    """The records of a JSON input (a list, or an object with 'workflows' or 'records'; a UTF-8 BOM is accepted);
+    a record nested deeper than MAX_RECORD_DEPTH or holding a number out of float32's range is one error naming
+    the record and the field."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        raise InputFormatError(f"{path}: JSON nested too deeply (records may nest at most {MAX_RECORD_DEPTH} "
+                               "levels)") from None
+    except UnicodeDecodeError as err:
+        raise InputFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except ValueError as err:
+        raise InputFormatError(f"{path}: not valid JSON ({' '.join(str(err).split())[:200]})") from None
     records = doc.get("workflows", doc.get("records")) if isinstance(doc, dict) else doc
     if not isinstance(records, list):
         raise InputFormatError(f"{path}: expected a list of records (or an object with 'workflows' or 'records')")
-    return [str(r.get("name", i)) if isinstance(r, dict) else str(i) for i, r in enumerate(records)], records, \
-        "predict_records"
+    for i, record in enumerate(records):
+        _check_record(record, f"{path}: record {i}" + (f" ({str(record['name'])[:60]!r})" if isinstance(record, dict)
+                                                        and "name" in record else ""))
+    return records
+
+
+def _check_record(record: Any, where: str) -> None:
+    """Every number in `record` finite and within float32's range, nesting at most MAX_RECORD_DEPTH levels."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(record, ())]
+    while stack:
+        value, fields = stack.pop()
+        field = ".".join(fields)[:200] or "(the record itself)"
+        if len(fields) > MAX_RECORD_DEPTH:
+            raise InputFormatError(f"{where}, field {field}: nested deeper than {MAX_RECORD_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(v, (*fields, str(k))) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, (*fields, str(k))) for k, v in enumerate(value)]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            _in_range(value, f"{where}, field {field}")
 
 
 def predict_files(predictor: Predictor, files: list[Path], batch_size: int) -> tuple[list[str], Prediction]:
@@ -102,15 +197,31 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int) -> t
     ids: list[str] = []
     outputs = []
     for batch in tqdm(list(batches(files, batch_size)), desc="predict", unit="batch"):
-        try:
-            result = getattr(predictor, batch.method)(batch.data)
-        except InputError as err:
-            raise InputFormatError(f"{batch.ids[0]}: {err}") from None
         ids += batch.ids
-        outputs.append(result.outputs)
+        outputs.append(predict_batch(predictor, batch).outputs)
     if not outputs:
         raise InputFormatError("input: no records, rows or images found")
     return ids, Prediction(np.concatenate(outputs), predictor.contract.class_names, predictor.contract.task)
+
+
+def predict_batch(predictor: Predictor, batch: Batch) -> Prediction:
+    """The batch through the model; if it fails, one error naming the first item that fails on its own."""
+    try:
+        return getattr(predictor, batch.method)(batch.data)
+    except BATCH_ERRORS as err:
+        failure = err
+    if batch.method in ("predict_records", "predict_rows"):
+        for item_id, item in zip(batch.ids, batch.data):
+            try:
+                getattr(predictor, batch.method)([item])
+            except BATCH_ERRORS as err:
+                raise InputFormatError(f"{item_id}: {_reason(err)}") from None
+    raise InputFormatError(f"{batch.ids[0]}: {_reason(failure)}") from None
+
+
+def _reason(err: Exception) -> str:
+    text = " ".join(str(err).split())[:300]
+    return text if isinstance(err, InputError) else f"{type(err).__name__}: {text}"
 
 
 def write_predictions(out: Path, ids: list[str], prediction: Prediction) -> None:
@@ -133,14 +244,17 @@ def is_root_input(item: Path | str) -> bool:
     return isinstance(item, str) or item.suffix.lower() == ".root"
 
 
-def predict_root(predictor: Predictor, files: list[Path | str], out: Path, fmt: str) -> Path:
+def predict_root(predictor: Predictor, files: list[Path | str], out: Path, fmt: str, model: str = "model") -> Path:
     """Scores of every entry of every ROOT input, one file per input in `out`; failed files are listed."""
-    if out.suffix.lower() in (".csv", ".json"):
+    if out.suffix.lower() in (".csv", ".json") or (out.exists() and not out.is_dir()):
         raise ConfigError(f"out: ROOT inputs are scored into a directory (one file per input), got {out}")
-    written, failed = score_files(predictor, [str(f) for f in files], out, fmt)
+    written, failed = score_files(predictor, [str(f) for f in files], out, fmt, model=str(model))
     print(f"wrote {len(written)} score files to {out}" + (f"; {len(failed)} input file(s) failed:" if failed else ""))
     for message in failed:
         print(f"  {message}")
+    for path, name in output_names([str(f) for f in files], fmt).items():
+        if name != output_path(out, path, fmt).name:
+            print(f"  {path} → {out / name} (inputs share the file name)")
     if failed:
         raise SystemExit(1)
     return out
@@ -155,7 +269,7 @@ def predict(cfg: DictConfig) -> Path:
     spec = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else cfg.input
     files = expand_inputs(spec)
     if files and all(map(is_root_input, files)):
-        return predict_root(predictor, files, out, cfg.get("format", "root"))
+        return predict_root(predictor, files, out, cfg.get("format", "root"), model=str(cfg.onnx))
     if any(map(is_root_input, files)):
         raise ConfigError("input: mix of ROOT files and other inputs; score ROOT files in a run of their own")
     if out.suffix.lower() not in (".csv", ".json"):

@@ -14,7 +14,7 @@ import pytest
 import uproot
 
 from cmsdl.errors import InputFormatError
-from cmsdl.ntuple.remote import file_fingerprint, is_remote, open_root
+from cmsdl.ntuple.remote import file_fingerprint, is_remote, match_files, open_root
 from tests.xrootd_server import XRootDServer, stoppable_xrootd_server, xrootd_server  # noqa: F401
 
 TREE = "Events"
@@ -130,3 +130,48 @@ def test_fingerprint_changes_when_the_file_is_rewritten(xrootd_server: XRootDSer
     assert file_fingerprint(xrootd_server.url("fp.root")) != remote
     err, _ = timed(lambda: file_fingerprint(xrootd_server.url("gone.root")))
     assert str(err) == f"{xrootd_server.url('gone.root')}: no such file on the server"
+
+
+def test_remote_glob_says_why_it_matches_nothing(xrootd_server: XRootDServer) -> None:  # noqa: F811
+    (xrootd_server.directory / "globbed").mkdir(exist_ok=True)
+    write_events(xrootd_server.directory / "globbed" / "a.root", 10, seed=6)
+    (xrootd_server.directory / "globbed" / "b.txt").write_text("not ROOT")
+    assert match_files(xrootd_server.url("globbed/*.root")) == [xrootd_server.url("globbed/a.root")]
+    server = f"XRootD server 127.0.0.1:{xrootd_server.port}"
+    err, seconds = timed(lambda: match_files(xrootd_server.url("globbed/*.csv")))
+    assert str(err) == (f"{xrootd_server.url('globbed/*.csv')} matches no file on the {server} (the directory "
+                        f"{xrootd_server.directory / 'globbed'} exists; nothing in it matches)")
+    err, _ = timed(lambda: match_files(xrootd_server.url("missing/dir/*.root")))
+    assert str(err) == (f"{xrootd_server.url('missing/dir/*.root')} matches no file on the {server}: it has no "
+                        f"directory {xrootd_server.directory / 'missing/dir'}")
+    assert seconds < 5
+
+
+def test_remote_glob_on_a_stopped_server(stoppable_xrootd_server: XRootDServer) -> None:  # noqa: F811
+    server = stoppable_xrootd_server
+    write_events(server.directory / "a.root", 10, seed=7)
+    assert match_files(server.url("*.root")) == [server.url("a.root")]
+    server.stop()
+    err, seconds = timed(lambda: match_files(server.url("*.root"), retries=2))
+    assert str(err).startswith(f"{server.url('*.root')}: cannot reach the XRootD server 127.0.0.1:{server.port} after "
+                               "2 attempts (")
+    assert seconds < 15
+
+
+def test_unreachable_host_in_a_glob() -> None:
+    pytest.importorskip("fsspec_xrootd")
+    url = "root://no-such-host.invalid//store/*.root"
+    err, _ = timed(lambda: match_files(url, retries=1))
+    assert str(err).startswith(f"{url}: cannot reach the XRootD server no-such-host.invalid after 1 attempt (")
+
+
+def test_local_glob_says_why_it_matches_nothing(tmp_path: Path) -> None:
+    (tmp_path / "b.root").write_text("")
+    (tmp_path / "a.root").write_text("")
+    assert match_files(str(tmp_path / "*.root")) == [str(tmp_path / "a.root"), str(tmp_path / "b.root")]
+    assert match_files(str(tmp_path / "a.root")) == [str(tmp_path / "a.root")]
+    assert str(timed(lambda: match_files(str(tmp_path / "*.csv")))[0]) == (
+        f"{tmp_path / '*.csv'} matches no file (the directory {tmp_path} exists; nothing in it matches)")
+    assert str(timed(lambda: match_files(str(tmp_path / "no" / "*.root")))[0]) == (
+        f"{tmp_path / 'no' / '*.root'} matches no file: there is no directory {tmp_path / 'no'}")
+    assert str(timed(lambda: match_files(str(tmp_path / "c.root")))[0]) == f"{tmp_path / 'c.root'}: no such file or directory"

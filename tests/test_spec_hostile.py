@@ -11,7 +11,8 @@ import pytest
 
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.ntuple.read import Unit, compute_chunk
-from cmsdl.ntuple.spec import MAX_COLLECTION_LENGTH, MAX_FEATURES, Expression, parse_spec
+from cmsdl.ntuple.expression import Expression
+from cmsdl.ntuple.spec import MAX_COLLECTION_LENGTH, MAX_FEATURES, parse_spec
 
 pytestmark = pytest.mark.timeout(60)
 

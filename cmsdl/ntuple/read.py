@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import zlib
 from collections.abc import Iterator, Mapping
@@ -19,7 +18,7 @@ import awkward as ak
 import numpy as np
 
 from cmsdl.errors import CmsdlError, ConfigError, InputFormatError, closest
-from cmsdl.ntuple.remote import expand_remote, is_remote, open_root
+from cmsdl.ntuple.remote import match_files, open_root
 from cmsdl.ntuple.spec import Collection, FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -55,13 +54,14 @@ class Chunk:
 
 
 def expand_files(patterns: tuple[str, ...], where: str) -> list[str]:
-    """Globs expanded (sorted; remote ones through the server's listing); a pattern that matches nothing is an error."""
+    """Globs expanded (sorted; remote ones through the server's listing); a pattern that matches nothing is an error
+    that says why (see match_files)."""
     files: list[str] = []
     for pattern in patterns:
-        matches = expand_remote(pattern) if is_remote(pattern) else sorted(glob.glob(pattern))
-        if not matches:
-            raise InputFormatError(f"{where}: {pattern} matches no file")
-        files += matches
+        try:
+            files += match_files(pattern)
+        except InputFormatError as err:
+            raise InputFormatError(f"{where}: {err}") from None
     return files
 
 
@@ -115,15 +115,18 @@ def file_units(path: str, tree: Any, spec: FeatureSpec, label: int, step_size: i
     return [Unit(path, label, start, min(start + step, n)) for start in range(0, n, step)]
 
 
-def entries_for_bytes(tree: Any, branches: list[str], size: str, n_entries: int) -> int:
+def entries_for_bytes(tree: Any, branches: list[str], size: str, n_entries: int, row_bytes: int = 0) -> int:
     """Entries whose uncompressed branch data make about `size` ("100 MB"), from the branches' metadata only
-    (uproot's num_entries_for reads basket headers, which fails over fsspec-xrootd); RNTuples use uproot's estimate."""
+    (uproot's num_entries_for reads basket headers, which fails over fsspec-xrootd); RNTuples use uproot's estimate.
+    With `row_bytes`: the entries whose rows of that many bytes make `size` (branches are not looked at)."""
     import uproot
 
     try:
         limit = uproot._util.memory_size(size)
     except (TypeError, ValueError):
         raise ConfigError(f"data.step_size: expected entries (an integer) or a size such as '100 MB', got {size!r}") from None
+    if row_bytes:
+        return max(1, int(limit // row_bytes))
     try:
         total = sum(tree[name].uncompressed_bytes for name in branches)
     except AttributeError:  # an RNTuple: its fields do not carry byte counts; uproot's estimate reads them

@@ -36,6 +36,7 @@ restarted server is read afresh instead of through the stale handle.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import re
@@ -95,12 +96,51 @@ def file_fingerprint(path: str, timeout_s: float = 30, retries: int = 3) -> str:
     return f"size={info.get('size')} mtime={_modified(info)} uuid={uuid}"
 
 
+def has_magic(pattern: str) -> bool:
+    """Whether `pattern` is a glob (holds *, ? or [)."""
+    return any(c in pattern for c in "*?[")
+
+
+def match_files(pattern: str, timeout_s: float = 30, retries: int = 3) -> list[str]:
+    """The files a path, glob or URL names, sorted (local globs through `glob`, remote ones through the server's
+    listing); a name that matches nothing is one InputFormatError saying why."""
+    pattern = str(pattern)
+    if is_remote(pattern):
+        return expand_remote(pattern, timeout_s, retries)
+    if not has_magic(pattern):
+        if not os.path.exists(pattern):
+            raise InputFormatError(f"{pattern}: no such file or directory")
+        return [pattern]
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+        directory = _fixed_prefix(pattern) or "."
+        raise InputFormatError(f"{pattern} matches no file" + (
+            f" (the directory {directory} exists; nothing in it matches)" if os.path.isdir(directory)
+            else f": there is no directory {directory}"))
+    return matches
+
+
 def expand_remote(pattern: str, timeout_s: float = 30, retries: int = 3) -> list[str]:
-    """The URLs a remote glob (`root://host//dir/*.root`) matches, sorted; a URL without wildcards as it is."""
-    if not any(c in pattern for c in "*?["):
+    """The URLs a remote glob (`root://host//dir/*.root`) matches, sorted; a URL without wildcards as it is.
+    A glob that matches nothing is one InputFormatError saying why: the server cannot be reached, it has no such
+    directory, or nothing in the directory matches (the XRootD listing itself reports none of these)."""
+    if not has_magic(pattern):
         return [pattern]
     options = _remote_options(pattern, timeout_s)
-    return _retrying(pattern, retries, lambda: _remote_glob(pattern, options))
+    matches = _retrying(pattern, retries, lambda: _remote_glob(pattern, options))
+    if matches:
+        return matches
+    directory = _fixed_prefix(pattern)
+    exists = _retrying(pattern, retries, lambda: _remote_exists(directory, options))
+    where = "/" + urlsplit(directory).path.lstrip("/")
+    raise InputFormatError(f"{pattern} matches no file on the {_server(pattern)}" + (
+        f" (the directory {where} exists; nothing in it matches)" if exists else f": it has no directory {where}"))
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The part of a glob before the path component that holds the first wildcard (its directory)."""
+    first = min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)
+    return pattern[:pattern.rfind("/", 0, first)]
 
 
 def _remote_glob(pattern: str, options: dict[str, Any]) -> list[str]:
@@ -108,9 +148,19 @@ def _remote_glob(pattern: str, options: dict[str, Any]) -> list[str]:
 
     try:
         fs, path = fsspec.core.url_to_fs(pattern, **options)
+        fs.invalidate_cache()  # fsspec keeps listings per server: a stopped server or a new file would go unseen
         return sorted(fs.unstrip_protocol(match) for match in fs.glob(path))
     except Exception as err:
         raise _classified(pattern, err) from None
+
+
+def _remote_exists(url: str, options: dict[str, Any]) -> bool:
+    """Whether the server has `url`; an unreachable server raises _Unreachable (to retry)."""
+    try:
+        _remote_info(url, options)
+    except InputFormatError:
+        return False
+    return True
 
 
 def _open_local(path: str) -> Any:

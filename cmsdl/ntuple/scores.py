@@ -4,26 +4,40 @@
 tree `Scores` (usable as a friend tree of the input's tree: same number of entries, same order) holding one branch
 per class, `score_<class>` (float32, the class probability), and `selected` (bool, whether the entry passes the
 model's selection; unselected entries are scored all the same). With `format=parquet`: `<stem>_scores.parquet`
-with the same columns plus `entry`. Torch-free: the model's ONNX metadata carries the feature spec.
+with the same columns plus `entry`. Inputs that share a file name (CRAB's `tree_1.root` in many job folders) are
+told apart by a short hash of their full path: `<stem>-<6 hex digits>_scores.root`, the same on every run over the
+same inputs. Temporary files that a killed run left in the output directory are removed by the next run (only when
+no other run is writing there). Torch-free: the model's ONNX metadata carries the feature spec, which is checked
+(bounded, see cmsdl/ntuple/spec.py) and held against the model's input width before any file is read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
+import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from cmsdl.errors import CmsdlError, InputFormatError
+from cmsdl.errors import CmsdlError, ConfigError, InputFormatError
 from cmsdl.io import atomic_path, atomic_write
-from cmsdl.ntuple.read import file_units, open_tree, read_unit
+from cmsdl.ntuple.read import entries_for_bytes, file_units, open_tree, read_unit
+from cmsdl.ntuple.remote import is_remote
 from cmsdl.ntuple.spec import FeatureSpec, parse_spec
 
 log = logging.getLogger(__name__)
 FORMATS = ("root", "parquet")
 SCORE_TREE = "Scores"
+STEP_SIZE = "50 MB"
+# What cmsdl.io.atomic_path / atomic_write name a score file while it is written: .<name>.<random>.tmp[.root]
+TEMPORARY = re.compile(r"^\..+_scores\.(root|parquet)\.[A-Za-z0-9_]+\.tmp(\.root)?$")
 
 
 @dataclass
@@ -36,18 +50,39 @@ class FileScores:
     selected: np.ndarray
 
 
-def spec_of(preprocessing: dict[str, Any]) -> FeatureSpec:
-    """The feature spec an exported ROOT-table model was trained with (from its metadata)."""
-    source = preprocessing.get("source", {})
-    if source.get("kind") != "root_table":
-        raise CmsdlError(f"input: ROOT files need a model trained on ROOT tables; this model's data is "
-                         f"{source.get('kind')!r}")
-    return parse_spec(source["spec"])
+def spec_of(preprocessing: dict[str, Any], input_width: Any = None, model: str = "model") -> FeatureSpec:
+    """The feature spec an exported ROOT-table model was trained with (from its metadata), checked against the
+    model's input width and its standardisation statistics."""
+    source = preprocessing.get("source") if isinstance(preprocessing, dict) else None
+    if not isinstance(source, dict) or source.get("kind") != "root_table":
+        kind = source.get("kind") if isinstance(source, dict) else None
+        raise CmsdlError(f"input: ROOT files need a model trained on ROOT tables; this model's data is {kind!r}")
+    try:
+        spec = parse_spec(source.get("spec"))
+    except ConfigError as err:
+        raise ConfigError(f"{model}: the feature spec in its metadata (cmsdl.preprocessing): {err}") from None
+    n = len(spec.feature_names)
+    widths = {"input width": input_width, "mean": _length(preprocessing.get("mean")),
+              "std": _length(preprocessing.get("std"))}
+    wrong = {name: width for name, width in widths.items() if width is not None and width != n}
+    if wrong:
+        name, width = next(iter(wrong.items()))
+        raise ConfigError(f"{model}: its feature spec makes {n} features ({', '.join(spec.feature_names[:4])}"
+                          f"{', ...' if n > 4 else ''}) but its {name} is {width}; the metadata does not fit the model")
+    return spec
 
 
-def score_file(predictor: Any, spec: FeatureSpec, path: str, step_size: int | str = "50 MB") -> FileScores:
-    """Every entry of `path` (not only those passing the selection) through the model, in entry order."""
+def _length(values: Any) -> int | str | None:
+    return len(values) if isinstance(values, list) else None if values is None else type(values).__name__
+
+
+def score_file(predictor: Any, spec: FeatureSpec, path: str, step_size: int | str = STEP_SIZE) -> FileScores:
+    """Every entry of `path` (not only those passing the selection) through the model, in entry order; each chunk
+    holds at most about `step_size` of branch data and of feature rows."""
     tree = open_tree(path, spec)
+    if not isinstance(step_size, int) and tree.num_entries:
+        step_size = min(entries_for_bytes(tree, spec.branches(), step_size, int(tree.num_entries)),
+                        entries_for_bytes(tree, [], step_size, 0, row_bytes=4 * len(spec.feature_names)))
     entries, scores, selected = [], [], []
     for unit in file_units(path, tree, spec, 0, step_size):
         chunk = read_unit(spec, unit, tree)
@@ -62,9 +97,57 @@ def score_file(predictor: Any, spec: FeatureSpec, path: str, step_size: int | st
                       np.concatenate(selected))
 
 
+def output_names(paths: list[str], fmt: str) -> dict[str, str]:
+    """Score file name per input: `<stem>_scores.<fmt>`, with `-<sha1 of the full path, 6 hex>` after the stem
+    when several inputs share a stem (the same names on every run over the same inputs)."""
+    stems = {path: PurePosixPath(path.split("?")[0]).name.removesuffix(".root") for path in paths}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {path: f"{stem}-{_path_hash(path)}_scores.{fmt}" if counts[stem] > 1 else f"{stem}_scores.{fmt}"
+            for path, stem in stems.items()}
+
+
+def _path_hash(path: str) -> str:
+    full = path.split("?")[0] if is_remote(path) else str(Path(path).resolve())
+    return hashlib.sha1(full.encode()).hexdigest()[:6]
+
+
 def output_path(out_dir: Path, path: str, fmt: str) -> Path:
-    stem = PurePosixPath(path.split("?")[0]).name.removesuffix(".root")
-    return out_dir / f"{stem}_scores.{fmt}"
+    """The score file of one input scored on its own."""
+    return out_dir / output_names([path], fmt)[path]
+
+
+@contextlib.contextmanager
+def output_directory(out_dir: Path) -> Iterator[list[Path]]:
+    """`out_dir`, created and held (a shared lock) while scores are written into it; when no other run holds it,
+    the temporary score files that a killed run left there are removed first (they are yielded)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError as err:
+        raise ConfigError(f"out: cannot write scores into {out_dir} ({err.strerror})") from None
+    try:
+        removed: list[Path] = []
+        with contextlib.suppress(OSError):  # held by another run (or no locks here): leave its files alone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            removed = remove_stale_temporaries(out_dir)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield removed
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete cmsdl's temporary score files (TEMPORARY) in `out_dir`; other files are never touched."""
+    removed = []
+    for path in sorted(out_dir.iterdir()):
+        if TEMPORARY.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_scores(result: FileScores, out: Path, class_names: list[str]) -> Path:
@@ -90,21 +173,27 @@ def _write_root(out: Path, columns: dict[str, np.ndarray]) -> Path:
     return out
 
 
-def score_files(predictor: Any, paths: list[str], out_dir: Path, fmt: str = "root",
-                progress: bool = True) -> tuple[list[Path], list[str]]:
+def score_files(predictor: Any, paths: list[str], out_dir: Path, fmt: str = "root", progress: bool = True,
+                model: str = "model") -> tuple[list[Path], list[str]]:
     """Score every file into `out_dir`; a file that fails is reported (returned) and skipped."""
     from tqdm import tqdm
 
     if fmt not in FORMATS:
         raise CmsdlError(f"format: got {fmt!r}, expected one of {', '.join(FORMATS)}")
-    spec = spec_of(predictor.preprocessing)
+    shape = predictor.contract.input.shape
+    spec = spec_of(predictor.preprocessing, shape[1] if isinstance(shape, list) and len(shape) == 2 else shape, model)
+    paths = list(dict.fromkeys(paths))
+    names = output_names(paths, fmt)
     written, failed = [], []
-    for path in tqdm(paths, desc="score ROOT files", unit="file", disable=not progress):
-        try:
-            result = score_file(predictor, spec, path)
-            written.append(write_scores(result, output_path(out_dir, path, fmt), predictor.contract.class_names))
-        except (CmsdlError, InputFormatError, ValueError) as err:
-            message = str(err) if str(err).startswith(path) else f"{path}: {err}"
-            log.error("skipped %s", message)
-            failed.append(message)
+    with output_directory(out_dir) as removed:
+        if removed:
+            log.warning("removed %d temporary file(s) left in %s by an interrupted run", len(removed), out_dir)
+        for path in tqdm(paths, desc="score ROOT files", unit="file", disable=not progress):
+            try:
+                result = score_file(predictor, spec, path)
+                written.append(write_scores(result, out_dir / names[path], predictor.contract.class_names))
+            except (CmsdlError, InputFormatError, ValueError) as err:
+                message = str(err) if str(err).startswith(path) else f"{path}: {err}"
+                log.error("skipped %s", message)
+                failed.append(message)
     return written, failed
