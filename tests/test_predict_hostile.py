@@ -309,7 +309,7 @@ def test_remote_glob_on_an_unreachable_server(model: Path, tmp_path: Path) -> No
     pytest.importorskip("fsspec_xrootd")
     port = free_port()
     url = f"root://127.0.0.1:{port}//store/user/me/*.root"
-    proc = run_cmsdl("predict", f"model={model}", f"input={url}", "out=scores/", cwd=tmp_path, check=False)
+    proc = run_cmsdl("predict", f"model={model}", f"input={url}", cwd=tmp_path, check=False)  # as issue 14 ran it
     assert error_line(proc).startswith(f"error: input: {url}: cannot reach the XRootD server 127.0.0.1:{port} after "
                                        "3 attempts (")
 

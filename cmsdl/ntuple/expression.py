@@ -71,7 +71,7 @@ class Expression:
     @classmethod
     def parse(cls, text: Any, where: str) -> Expression:
         """Check `text` (one ConfigError naming `where` and what is allowed otherwise) and compile it."""
-        if not isinstance(text, str | int | float) or isinstance(text, bool):
+        if not isinstance(text, str | int | float):
             raise ConfigError(f"{where}: expected an expression (a string such as 'sum(Jet_pt)'), got "
                               f"{type(text).__name__}")
         source = str(text).strip()
