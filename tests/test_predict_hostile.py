@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 
 from cmsdl.errors import InputFormatError
 from cmsdl.inference.metadata import ModelContract, TensorSpec
+from cmsdl.ntuple.scores import output_names
 from cmsdl.ntuple.spec import parse_spec
 from cmsdl.predict import read_table
 from tests.conftest import run_cmsdl
@@ -116,6 +117,19 @@ def test_inputs_with_the_same_file_name_get_distinct_stable_score_files(model: P
     again = run_cmsdl("predict", f"model={model}", "input=crab/*/tree_*.root", "out=scores/", cwd=crab)
     assert "wrote 3 score files" in again.stdout
     assert sorted(p.name for p in (crab / "scores").iterdir()) == sorted(names)
+
+
+def test_score_file_names(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "t.root").write_text("")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    url = "root://host//store/job_1/t.root"
+    names = output_names([str(tmp_path / "a/t.root"), url, "root://host//store/u.root?svcClass=x"], "root")
+    assert names == {str(tmp_path / "a/t.root"): f"t-{short_hash(tmp_path / 'a/t.root')}_scores.root",
+                     url: f"t-{hashlib.sha1(url.encode()).hexdigest()[:6]}_scores.root",
+                     "root://host//store/u.root?svcClass=x": "u_scores.root"}
+    with pytest.raises(InputFormatError, match=r"input: .*a/t.root and .*b/t.root are the same file; give it once"):
+        output_names([str(tmp_path / "a/t.root"), str(tmp_path / "b/t.root")], "parquet")
 
 
 KILLED_WRITER = """

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -99,13 +100,27 @@ def score_file(predictor: Any, spec: FeatureSpec, path: str, step_size: int | st
 
 def output_names(paths: list[str], fmt: str) -> dict[str, str]:
     """Score file name per input: `<stem>_scores.<fmt>`, with `-<sha1 of the full path, 6 hex>` after the stem
-    when several inputs share a stem (the same names on every run over the same inputs)."""
+    when several inputs share a stem (the same names on every run over the same inputs; longer hashes in the
+    unlikely case that 6 hex digits collide)."""
     stems = {path: PurePosixPath(path.split("?")[0]).name.removesuffix(".root") for path in paths}
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        counts[stem] = counts.get(stem, 0) + 1
-    return {path: f"{stem}-{_path_hash(path)}_scores.{fmt}" if counts[stem] > 1 else f"{stem}_scores.{fmt}"
-            for path, stem in stems.items()}
+    counts = Counter(stems.values())
+    for digits in (6, 12, 40):
+        names = {path: f"{stem}-{_path_hash(path)[:digits]}_scores.{fmt}" if counts[stem] > 1 else
+                 f"{stem}_scores.{fmt}" for path, stem in stems.items()}
+        clash = _first_clash(names)
+        if clash is None:
+            return names
+    raise InputFormatError(f"input: {clash[0]} and {clash[1]} are the same file; give it once")
+
+
+def _first_clash(names: dict[str, str]) -> tuple[str, str] | None:
+    """Two inputs that got the same score file name, if any."""
+    seen: dict[str, str] = {}
+    for path, name in names.items():
+        if name in seen:
+            return seen[name], path
+        seen[name] = path
+    return None
 
 
 def _path_hash(path: str) -> str:
