@@ -75,7 +75,11 @@ class Server:
         raise AssertionError(f"no {field} in /proc/{self.pid}/status")
 
     def reset_peak(self) -> None:
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        """Restart VmHWM from the current RSS (where the kernel does not allow it, peaks add up over the cases)."""
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
 
 
 def free_port() -> int:

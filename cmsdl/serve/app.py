@@ -99,6 +99,9 @@ def create_app(models: str, token: str | None = None, threads: int | None = None
             raise
         except ValueError as err:
             raise HTTPError(422, f"upload {name!r} rejected, the served model is unchanged: {err}") from None
+        except OSError as err:
+            raise HTTPError(507, f"upload {name!r} not installed, the served model is unchanged: cannot write "
+                                 f"the model file ({err.strerror})") from None
         return JSONResponse(summary(name, predictor), status_code=200 if replaced else 201)
 
     @app.delete("/models/{name}")
