@@ -10,6 +10,7 @@ to one file per input, cmsdl/ntuple/scores.py). Several files or globs may be gi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from cmsdl.config import hydra_app
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.inference import InputError, Prediction, Predictor
-from cmsdl.io import atomic_write
+from cmsdl.io import atomic_write, loads_json, read_input_text
 from cmsdl.ntuple.remote import is_remote, match_files
 from cmsdl.ntuple.scores import output_names, output_path, score_files
 
@@ -113,19 +114,16 @@ def read_csv_rows(path: Path) -> list[dict[str, float]]:
     """Feature rows of a CSV file with a header (a UTF-8 BOM is accepted; an `id` column is ignored); a value that
     is not a number within float32's range is one error naming the row and the field."""
     rows = []
+    reader = csv.DictReader(io.StringIO(read_input_text(path, "CSV input"), newline=""))
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            for i, row in enumerate(reader):
-                where = f"{path}: row {i} (line {reader.line_num})"
-                if None in row:
-                    raise InputFormatError(f"{where}: {len(row[None])} more value(s) than the header's "
-                                           f"{len(reader.fieldnames or [])} columns")
-                rows.append({k: _csv_number(v, f"{where}, field {k!r}") for k, v in row.items() if k != "id"})
+        for i, row in enumerate(reader):
+            where = f"{path}: row {i} (line {reader.line_num})"
+            if None in row:
+                raise InputFormatError(f"{where}: {len(row[None])} more value(s) than the header's "
+                                       f"{len(reader.fieldnames or [])} columns")
+            rows.append({k: _csv_number(v, f"{where}, field {k!r}") for k, v in row.items() if k != "id"})
     except csv.Error as err:
         raise InputFormatError(f"{path}: line {reader.line_num}: not readable as CSV ({err})") from None
-    except UnicodeDecodeError as err:
-        raise InputFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     return rows
 
 
@@ -159,12 +157,9 @@ def read_json_records(path: Path) -> list[Any]:
     a record nested deeper than MAX_RECORD_DEPTH or holding a number out of float32's range is one error naming
     the record and the field."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))
-    except RecursionError:
-        raise InputFormatError(f"{path}: JSON nested too deeply (records may nest at most {MAX_RECORD_DEPTH} "
-                               "levels)") from None
-    except UnicodeDecodeError as err:
-        raise InputFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        doc = loads_json(read_input_text(path, "JSON input"))
+    except InputFormatError:
+        raise
     except ValueError as err:
         raise InputFormatError(f"{path}: not valid JSON ({' '.join(str(err).split())[:200]})") from None
     records = doc.get("workflows", doc.get("records")) if isinstance(doc, dict) else doc

@@ -23,7 +23,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from cmsdl.errors import ConfigError
+from cmsdl.errors import ConfigError, shown
 
 FUNCTIONS: dict[str, Any] = {
     "sum": lambda x: ak.sum(x, axis=-1),
@@ -99,9 +99,9 @@ def _parse_tree(source: str, where: str) -> ast.Expression:
     try:
         return ast.parse(source, mode="eval")
     except SyntaxError as err:
-        raise ConfigError(f"{where}: {short(source)} is not a valid expression ({err.msg})") from None
+        raise ConfigError(f"{where}: {shown(source)} is not a valid expression ({err.msg})") from None
     except (ValueError, MemoryError, RecursionError) as err:
-        raise ConfigError(f"{where}: {short(source)} is not a valid expression ({type(err).__name__})") from None
+        raise ConfigError(f"{where}: {shown(source)} is not a valid expression ({type(err).__name__})") from None
 
 
 def _check_tree(tree: ast.Expression, text: str, where: str) -> None:
@@ -110,7 +110,7 @@ def _check_tree(tree: ast.Expression, text: str, where: str) -> None:
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise ConfigError(f"{where}: {short(text)} nests deeper than {MAX_DEPTH} levels; simplify it")
+            raise ConfigError(f"{where}: {shown(text)} nests deeper than {MAX_DEPTH} levels; simplify it")
         _check_node(node, text, where)
         stack += [(child, depth + isinstance(child, ast.expr)) for child in _children(node)]
 
@@ -128,14 +128,14 @@ def _children(node: ast.AST) -> list[ast.AST]:
 def _check_node(node: ast.AST, text: str, where: str) -> None:
     """One node of an expression against the whitelist and the bounds (see the module docstring)."""
     if not isinstance(node, ALLOWED_NODES):
-        raise ConfigError(f"{where}: {short(text)} uses {type(node).__name__}, which expressions may not; "
+        raise ConfigError(f"{where}: {shown(text)} uses {type(node).__name__}, which expressions may not; "
                           "use branch names, numbers, operators and the functions " + ", ".join(FUNCTIONS))
     if isinstance(node, ast.Tuple):
-        raise ConfigError(f"{where}: {short(text)}: a tuple may only index, as in Jet_pt[:, 0]")
+        raise ConfigError(f"{where}: {shown(text)}: a tuple may only index, as in Jet_pt[:, 0]")
     if isinstance(node, ast.Call):
         _check_call(node, text, where)
     elif isinstance(node, ast.Name) and (node.id in FUNCTIONS or node.id.startswith("__")):
-        raise ConfigError(f"{where}: {short(text)}: {node.id!r} " + (
+        raise ConfigError(f"{where}: {shown(text)}: {node.id!r} " + (
             f"is a function; call it, as in {node.id}(Jet_pt)" if node.id in FUNCTIONS
             else "is not allowed (names starting with __ are reserved); give the branch an alias"))
     elif isinstance(node, ast.Constant):
@@ -143,36 +143,36 @@ def _check_node(node: ast.AST, text: str, where: str) -> None:
     elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
         exponent = _literal(node.right)
         if exponent is None or not abs(exponent) <= MAX_EXPONENT:
-            raise ConfigError(f"{where}: {short(text)}: the exponent of ** must be a number from -{MAX_EXPONENT} "
-                              f"to {MAX_EXPONENT}, got {short(ast.unparse(node.right))}")
+            raise ConfigError(f"{where}: {shown(text)}: the exponent of ** must be a number from -{MAX_EXPONENT} "
+                              f"to {MAX_EXPONENT}, got {shown(ast.unparse(node.right))}")
     elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.LShift | ast.RShift):
         shift = _literal(node.right)
         if not (isinstance(shift, int) and 0 <= shift <= MAX_SHIFT):
-            raise ConfigError(f"{where}: {short(text)}: the shift count of << and >> must be a whole number from 0 "
-                              f"to {MAX_SHIFT}, got {short(ast.unparse(node.right))}")
+            raise ConfigError(f"{where}: {shown(text)}: the shift count of << and >> must be a whole number from 0 "
+                              f"to {MAX_SHIFT}, got {shown(ast.unparse(node.right))}")
 
 
 def _check_call(node: ast.Call, text: str, where: str) -> None:
     if not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS):
-        raise ConfigError(f"{where}: {short(text)} calls {ast.unparse(node.func)[:80]}; expressions may call "
+        raise ConfigError(f"{where}: {shown(text)} calls {ast.unparse(node.func)[:80]}; expressions may call "
                           + ", ".join(FUNCTIONS))
     if node.keywords:
-        raise ConfigError(f"{where}: {short(text)}: {node.func.id}() takes no keyword arguments")
+        raise ConfigError(f"{where}: {shown(text)}: {node.func.id}() takes no keyword arguments")
     fewest, most = ARGUMENTS.get(node.func.id, (1, 1))
     if not fewest <= len(node.args) <= most:
         allowed = str(fewest) if fewest == most else f"{fewest} or {most}"
-        raise ConfigError(f"{where}: {short(text)}: {node.func.id}() takes {allowed} argument"
+        raise ConfigError(f"{where}: {shown(text)}: {node.func.id}() takes {allowed} argument"
                           f"{'s' if most > 1 else ''}, got {len(node.args)}")
 
 
 def _check_constant(value: Any, text: str, where: str) -> None:
     if not isinstance(value, int | float) or isinstance(value, complex):
-        raise ConfigError(f"{where}: {short(text)}: only numbers may appear as constants")
+        raise ConfigError(f"{where}: {shown(text)}: only numbers may appear as constants")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-        raise ConfigError(f"{where}: {short(text)}: the integer {str(value)[:60]} does not fit 64 bits "
+        raise ConfigError(f"{where}: {shown(text)}: the integer {str(value)[:60]} does not fit 64 bits "
                           f"(at most {MAX_INT})")
     if isinstance(value, float) and not np.isfinite(value):
-        raise ConfigError(f"{where}: {short(text)}: the number {value} is not finite (at most about 1.8e308)")
+        raise ConfigError(f"{where}: {shown(text)}: the number {value} is not finite (at most about 1.8e308)")
 
 
 def _literal(node: ast.AST) -> int | float | None:
@@ -202,9 +202,3 @@ def _numbers_as_names(tree: ast.Expression) -> tuple[ast.Expression, dict[str, A
             return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
 
     return ast.fix_missing_locations(Replace().visit(tree)), constants
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """`value` as repr, cut to about `limit` characters for error lines."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

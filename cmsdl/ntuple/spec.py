@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from cmsdl.errors import ConfigError, closest
-from cmsdl.ntuple.expression import Expression, short
+from cmsdl.errors import ConfigError, closest, shown
+from cmsdl.ntuple.expression import Expression
 
 MAX_COLLECTION_LENGTH = 1024
 MAX_FEATURES = 20_000
@@ -117,7 +117,7 @@ def _names(value: Any, where: str) -> dict[str, str]:
         raise ConfigError(f"{where}: expected a list of branch names or a mapping column → branch, got {value!r}")
     bad = next((k for k, v in names.items() if not isinstance(v, str) or not v), None)
     if bad is not None:
-        raise ConfigError(f"{where}: expected branch names (strings), got {short(names[bad])}")
+        raise ConfigError(f"{where}: expected branch names (strings), got {shown(names[bad])}")
     return names
 
 
@@ -128,7 +128,7 @@ def _column_name(branch: str) -> str:
 def _file_list(value: Any, where: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else []
     if not items or not all(isinstance(v, str) and v for v in items):
-        raise ConfigError(f"{where}: expected a file, glob or URL, or a list of them, got {short(value)}")
+        raise ConfigError(f"{where}: expected a file, glob or URL, or a list of them, got {shown(value)}")
     return tuple(items)
 
 
@@ -145,13 +145,13 @@ def _collection(name: str, value: Mapping[str, Any]) -> Collection:
         raise ConfigError(f"{where}.fields: expected at least one field")
     if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= MAX_COLLECTION_LENGTH:
         raise ConfigError(f"{where}.length: expected a whole number from 1 to {MAX_COLLECTION_LENGTH}, got "
-                          f"{short(length)}")
+                          f"{shown(length)}")
     sort_by = value.get("sort_by")
     if sort_by is not None and sort_by not in fields:
-        raise ConfigError(f"{where}.sort_by: {short(sort_by)} is not one of the fields {', '.join(fields)}")
+        raise ConfigError(f"{where}.sort_by: {shown(sort_by)} is not one of the fields {', '.join(fields)}")
     pad = value.get("pad", 0.0)
     if not isinstance(pad, int | float) or isinstance(pad, bool) or not np.isfinite(pad):
-        raise ConfigError(f"{where}.pad: expected a finite number, got {short(pad)}")
+        raise ConfigError(f"{where}.pad: expected a finite number, got {shown(pad)}")
     return Collection(str(name), fields, int(length), sort_by, float(pad))
 
 
@@ -179,7 +179,7 @@ def parse_spec(raw: Mapping[str, Any]) -> FeatureSpec:
         raise ConfigError(f"data.spec.{key}: unknown key"
                           + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; expected some of {', '.join(SPEC_KEYS)}")
     if not isinstance(raw.get("tree"), str) or not raw["tree"]:
-        raise ConfigError(f"data.spec.tree: expected the tree name, e.g. Events, got {short(raw.get('tree'))}")
+        raise ConfigError(f"data.spec.tree: expected the tree name, e.g. Events, got {shown(raw.get('tree'))}")
     files, class_names, label = _files_and_classes(raw)
     flat = _names(raw.get("flat"), "data.spec.flat")
     derived_raw = _mapping(raw, "derived")
@@ -216,7 +216,7 @@ def _files_and_classes(raw: Mapping[str, Any]) -> tuple[dict[str, tuple[str, ...
     classes = raw["classes"]
     if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 2 \
             or not all(isinstance(c, str) and c for c in classes):
-        raise ConfigError(f"data.spec.classes: expected a list of at least two class names, got {short(classes)}")
+        raise ConfigError(f"data.spec.classes: expected a list of at least two class names, got {shown(classes)}")
     classes = tuple(classes)
     return {"": _file_list(files, "data.spec.files")}, classes, Expression.parse(raw["label"], "data.spec.label")
 
