@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401  registers hydra/launcher=k8s (also under editable installs)
 from cmsdl.callbacks import CheckpointOnSigterm, RunContext
+from cmsdl.checkpoint import safe_types, verified
 from cmsdl.config import check_values, hydra_app, instantiate_group, instantiate_logged, to_plain
 from cmsdl.io import write_config, write_json
 from cmsdl.models.classifier import output_size
@@ -81,13 +82,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = build(cfg)
     save_config(cfg, output_dir)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
+        with safe_types():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=verified(resume_from), weights_only=True)
     except SIGTERMException:
         raise SystemExit(SIGTERM_EXIT) from None  # non-zero: a preempted pod is retried, not counted as done
     metrics = previous_metrics(output_dir) | scalar_metrics(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
     if cfg.get("test") and not trainer.interrupted:
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        with safe_types():
+            trainer.test(model, datamodule=datamodule, ckpt_path=verified(best or None), weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     last = output_dir / LAST_CKPT
     summary = {
