@@ -19,11 +19,12 @@ import awkward as ak
 import numpy as np
 import onnx
 import pytest
+import toy_onnx
 import uproot
-from onnx import TensorProto, helper
+from onnx import helper
 
 from cmsdl.errors import InputFormatError
-from cmsdl.inference.metadata import ModelContract, TensorSpec
+from cmsdl.inference import Predictor
 from cmsdl.ntuple.scores import output_names
 from cmsdl.ntuple.spec import parse_spec
 from cmsdl.predict import read_table
@@ -32,29 +33,19 @@ from tests.xrootd_server import XRootDServer, xrootd_server  # noqa: F401  fixtu
 
 SPEC: dict[str, Any] = {"tree": "Events", "files": {"bkg": ["b.root"], "sig": ["s.root"]}, "flat": ["MET_pt"],
                         "derived": {"HT": "sum(Jet_pt)"}, "selection": "nJet >= 2"}
-WEIGHTS = np.array([[0.02, -0.02], [0.01, -0.01]], np.float32)  # MET_pt, HT → (bkg, sig) logits
 
 
 def table_model(path: Path, spec: dict[str, Any], width: int | None = None) -> Path:
-    """A ROOT-table model as `cmsdl export` writes it (contract in the metadata): softmax(features @ WEIGHTS)."""
+    """A ROOT-table model as `cmsdl export` writes it (spec in the metadata; a softmax over the features), with an
+    input `width` other than the spec's column count if given."""
     names = parse_spec(spec).feature_names if width is None else [f"f{i}" for i in range(width)]
-    n = len(names)
-    weights = np.resize(WEIGHTS, (n, 2)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "w"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "table", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [n, 2], weights.reshape(-1).tolist())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    preprocessing = {"kind": "tabular", "task": "classification", "feature_names": names, "class_names": ["bkg", "sig"],
-                     "mean": [0.0] * n, "std": [1.0] * n, "source": {"kind": "root_table", "spec": spec}}
-    contract = ModelContract("test", "classification", ["bkg", "sig"], [TensorSpec("features", ["batch", n], "float32")],
-                             [TensorSpec("probabilities", ["batch", 2], "float32")], preprocessing)
-    helper.set_model_props(model, contract.to_metadata())
-    onnx.save(model, path)
+    contract = toy_onnx.tabular_contract(names, ["bkg", "sig"], source={"kind": "root_table", "spec": spec})
+    path.write_bytes(toy_onnx.model_bytes(toy_onnx.softmax_graph(len(names), 2), contract))
     return path
+
+
+def signal_probability(model: Path, features: np.ndarray) -> np.ndarray:
+    return Predictor(model).run(np.asarray(features, np.float32)).outputs[:, 1]
 
 
 def write_events(path: Path, n: int, seed: int) -> None:
@@ -69,10 +60,11 @@ def write_events(path: Path, n: int, seed: int) -> None:
         f["Events"].extend(data)
 
 
-def expected_signal(path: Path) -> np.ndarray:
+def expected_signal(model: Path, path: Path) -> np.ndarray:
+    """The signal probability of every entry of `path`, from features computed here (MET_pt, HT)."""
     events = uproot.open(path)["Events"].arrays(library="ak")
-    x = np.stack([ak.to_numpy(events.MET_pt), ak.to_numpy(ak.sum(events.Jet_pt, axis=1))], axis=1) @ WEIGHTS
-    return (np.exp(x[:, 1]) / np.exp(x).sum(axis=1)).astype(np.float32)
+    features = np.stack([ak.to_numpy(events.MET_pt), ak.to_numpy(ak.sum(events.Jet_pt, axis=1))], axis=1)
+    return signal_probability(model, features)
 
 
 def short_hash(path: Path) -> str:
@@ -112,7 +104,7 @@ def test_inputs_with_the_same_file_name_get_distinct_stable_score_files(model: P
     assert sorted(p.name for p in (crab / "scores").iterdir()) == sorted(names)
     for name, source in names.items():
         scores = uproot.open(crab / "scores" / name)["Scores"].arrays(library="np")
-        assert np.allclose(scores["score_sig"], expected_signal(source), atol=1e-5)
+        assert np.allclose(scores["score_sig"], expected_signal(model, source), atol=1e-5)
     assert f"crab/job_2/tree_1.root → scores/tree_1-{short_hash(second)}_scores.root" in proc.stdout
     again = run_cmsdl("predict", f"model={model}", "input=crab/*/tree_*.root", "out=scores/", cwd=crab)
     assert "wrote 3 score files" in again.stdout
@@ -248,8 +240,7 @@ def test_csv_with_a_byte_order_mark_is_read(model: Path, tmp_path: Path) -> None
         run_cmsdl("predict", f"model={model}", f"input={name}.csv", f"out={name}_p.json", cwd=tmp_path)
     plain, excel = (json.loads((tmp_path / f"{n}_p.json").read_text()) for n in ("plain", "excel"))
     assert [r["p_sig"] for r in excel] == [r["p_sig"] for r in plain]
-    x = np.array([[10, 20], [30, 5]], np.float32) @ WEIGHTS
-    assert np.allclose([r["p_sig"] for r in plain], np.exp(x[:, 1]) / np.exp(x).sum(axis=1), atol=1e-6)
+    assert np.allclose([r["p_sig"] for r in plain], signal_probability(model, [[10, 20], [30, 5]]), atol=1e-6)
 
 
 def test_npy_whose_header_declares_more_than_the_file_holds(model: Path, tmp_path: Path) -> None:
