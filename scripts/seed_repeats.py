@@ -9,6 +9,8 @@ one `cmsdl train experiment=workflow_actions seed=<s>` (initialisation and the 7
 run as a user would, in `<out>/seed<s>`; a seed whose outputs exist is read, not rerun. Prints and writes
 `<out>/repeats.json`: per model the AUC averaged over every (seed, week), the standard deviation over weeks (of
 the per-week AUC averaged over seeds) and over seeds (of each seed's mean over weeks); sample standard deviations.
+For popularity also FPR and FNR pooled over all (seed, week) pairs at the run's decision threshold, and
+`fnr_all_popular`: the FNR when the popular datasets that were no candidates (new, dormant) count as missed.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ def summarise(auc: dict[str, dict[int, dict[int, float]]]) -> dict[str, dict[str
     return summary
 
 
-def popularity_auc(args: argparse.Namespace) -> dict[str, dict[int, dict[int, float]]]:
-    """Run the rolling window once per seed; AUC per model, seed and target week."""
+def popularity_auc(args: argparse.Namespace,
+                   rates: dict[str, dict[str, float]]) -> dict[str, dict[int, dict[int, float]]]:
+    """Run the rolling window once per seed; AUC per model, seed and target week (pooled error counts into rates)."""
     auc: dict[str, dict[int, dict[int, float]]] = {}
     for seed in args.seeds:
         out = args.out / f"seed{seed}"
@@ -65,7 +68,24 @@ def popularity_auc(args: argparse.Namespace) -> dict[str, dict[int, dict[int, fl
         with open(out / "metrics.csv") as handle:
             for row in csv.DictReader(handle):
                 auc.setdefault(row["model"], {}).setdefault(seed, {})[int(row["week"])] = float(row["auc"])
+                count_errors(rates.setdefault(row["model"], {}), row)
     return auc
+
+
+def count_errors(counts: dict[str, float], row: dict[str, str]) -> None:
+    """Add one metrics.csv row's false negatives/positives, popular, unpopular and uncovered popular to counts."""
+    popular, negatives = int(row["n_popular"]), int(row["n"]) - int(row["n_popular"])
+    missed = sum(int(row.get(key) or 0) for key in ("n_new_popular", "n_dormant_popular"))
+    for key, value in (("fn", float(row["fnr"]) * popular), ("fp", float(row["fpr"]) * negatives),
+                       ("popular", popular), ("negatives", negatives), ("uncovered", missed)):
+        counts[key] = counts.get(key, 0.0) + (value if value == value else 0.0)
+
+
+def error_rates(counts: dict[str, float]) -> dict[str, float]:
+    """FPR, FNR on the candidates, and FNR on all popular dataset-weeks (uncovered ones count as missed)."""
+    return {"fpr": counts["fp"] / max(counts["negatives"], 1), "fnr": counts["fn"] / max(counts["popular"], 1),
+            "fnr_all_popular": (counts["fn"] + counts["uncovered"]) / max(counts["popular"] + counts["uncovered"], 1),
+            "popular_not_candidates": int(counts["uncovered"])}
 
 
 def workflow_auc(args: argparse.Namespace) -> dict[str, dict[int, dict[int, float]]]:
@@ -87,8 +107,10 @@ def print_table(study: str, summary: dict[str, dict[str, Any]]) -> None:
     print(f"{study}: AUC mean" + (" ± std over weeks" if over_weeks else "") + " ± std over seeds")
     for model, s in summary.items():
         weeks = f" ± {s['std_weeks']:.3f} (weeks, n={s['n_weeks']})" if over_weeks else ""
-        print(f"  {model:18} {s['auc']:.3f}{weeks} ± {s['std_seeds']:.3f} (seeds, n={s['n_seeds']}); "
-              f"per seed {s['per_seed']}")
+        rates = (f"; FPR {s['fpr']:.3f}, FNR {s['fnr']:.3f}, FNR over all popular {s['fnr_all_popular']:.3f}"
+                 if "fpr" in s else "")
+        print(f"  {model:18} {s['auc']:.3f}{weeks} ± {s['std_seeds']:.4f} (seeds, n={s['n_seeds']}); "
+              f"per seed {s['per_seed']}{rates}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -104,8 +126,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.input.is_file():
         raise SystemExit(f"error: --input {args.input}: no such file")
     args.out.mkdir(parents=True, exist_ok=True)
-    auc = popularity_auc(args) if args.study == "popularity" else workflow_auc(args)
+    rates: dict[str, dict[str, float]] = {}
+    auc = popularity_auc(args, rates) if args.study == "popularity" else workflow_auc(args)
     summary = summarise(auc)
+    for model, counts in rates.items():
+        summary[model].update(error_rates(counts))
     report = {"study": args.study, "input": str(args.input), "seeds": args.seeds, "overrides": args.overrides,
               "models": summary}
     (args.out / "repeats.json").write_text(json.dumps(report, indent=2) + "\n")

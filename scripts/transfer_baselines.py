@@ -77,7 +77,7 @@ def class_rows(arrays: tuple[np.ndarray, ...], results: dict[str, tuple], dnn: P
                     f"{balanced_accuracy_score(yt, predicted):.3f} | {seconds:.1f} | {peak:.0f} |")
     if dnn:
         m = json.loads(dnn.read_text())["metrics"]
-        rows.append(f"| DNN ({dnn}) | {m['test/auroc']:.3f} | {m['test/acc']:.3f} | | | |")
+        rows.append(f"| DNN ({dnn.parent.name}) | {m['test/auroc']:.3f} | {m['test/acc']:.3f} | | | |")
     header = "| latency class | AUC | accuracy | balanced accuracy | fit s | peak MB |"
     return [header, "|---|---:|---:|---:|---:|---:|", *rows]
 
@@ -94,7 +94,7 @@ def latency_rows(arrays: tuple[np.ndarray, ...], results: dict[str, tuple], dnn:
     rows += [f"| {name} | {scores(p)} | {seconds:.1f} | {peak:.0f} |" for name, (p, seconds, peak) in results.items()]
     if dnn:
         m = json.loads(dnn.read_text())["metrics"]
-        rows.append(f"| DNN ({dnn}) | {m['test/mae']:.3f} | {m['test/rmse']:.3f} | {m['test/r2']:.3f} | | |")
+        rows.append(f"| DNN ({dnn.parent.name}) | {m['test/mae']:.3f} | {m['test/rmse']:.3f} | {m['test/r2']:.3f} | | |")
     return ["| log10 latency | MAE | RMSE | R² | fit s | peak MB |", "|---|---:|---:|---:|---:|---:|", *rows]
 
 

@@ -31,6 +31,17 @@ def test_std_over_weeks_and_over_seeds_are_different_spreads() -> None:
     assert (summary["n_weeks"], summary["n_seeds"]) == (2, 2)
 
 
+def test_popular_datasets_that_were_no_candidates_count_as_missed() -> None:
+    script = load_script()
+    counts: dict[str, float] = {}
+    script.count_errors(counts, {"n": "100", "n_popular": "10", "fnr": "0.2", "fpr": "0.1", "n_new_popular": "5",
+                                 "n_dormant_popular": "1"})
+    script.count_errors(counts, {"n": "50", "n_popular": "0", "fnr": "nan", "fpr": "0.0"})    # an older run's row
+    rates = script.error_rates(counts)
+    assert rates["fnr"] == pytest.approx(0.2) and rates["fpr"] == pytest.approx(9 / 140)
+    assert rates["fnr_all_popular"] == pytest.approx((2 + 6) / 16) and rates["popular_not_candidates"] == 6
+
+
 @pytest.mark.slow
 def test_popularity_repeats_run_the_command_once_per_seed(tmp_path: Path) -> None:
     data = tmp_path / "popularity.csv"
