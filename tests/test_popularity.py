@@ -185,8 +185,17 @@ def test_rolling_window_command_reports_every_model_and_resumes(records_file: Pa
     assert "AUC dnn" in first.stdout and (out / "windows.png").stat().st_size > 1000
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == models
+    assert all(int(r["n_new"]) >= int(r["n_new_popular"]) >= 0 for r in rows)
+    candidates = summary["candidates"]
+    assert candidates["n"] == sum(int(r["n"]) for r in rows if r["model"] == "dnn") and candidates["n_new"] > 0
+    assert "not candidates, not scored" in first.stdout
     state_before = (out / "windows.jsonl").read_text()
     run_cmsdl(*args, cwd=tmp_path)                                     # everything done: nothing retrained
     assert (out / "windows.jsonl").read_text() == state_before
+    old_rule = [json.loads(line) for line in state_before.splitlines()]
+    (out / "windows.jsonl").write_text("".join(json.dumps({**w, "candidates": "read or created"}) + "\n"
+                                               for w in old_rule))
+    run_cmsdl(*args, cwd=tmp_path)                                     # windows of another candidate rule: redone
+    assert (out / "windows.jsonl").read_text().count('"candidates": "read in the history weeks') == 2
     changed = run_cmsdl(*args[:-1], "label.threshold=5", cwd=tmp_path, check=False)
     assert changed.returncode == 2 and "different configuration" in changed.stderr
