@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -39,43 +42,63 @@ def create_app(models: str, token: str | None = None, threads: int | None = None
     limits = limits or Limits()
     store = ModelStore(models, threads=threads)
     gate = asyncio.Semaphore(limits.parallel)
-    app = FastAPI(title="cmsdl model service", version="1")
+    app = FastAPI(title="cmsdl model service", version="1", lifespan=load_models_at_start)
     app.state.store, app.state.ready = store, False
     add_error_handlers(app)
+    app.include_router(health_routes())
+    app.include_router(model_read_routes(store))
+    app.include_router(predict_routes(store, limits, gate))
+    app.include_router(model_write_routes(store, limits, gate, WriteGuard(token, read_only)))
+    app.include_router(unknown_model_paths())  # last: it answers whatever the routes above do not
+    return app
 
-    @app.on_event("startup")
-    def load_models() -> None:
-        store.load_all()
-        app.state.ready = True
 
-    def authorize(request: Request) -> None:
-        if read_only:
-            raise HTTPError(403, "this service is read-only (read_only=true): uploads and deletions are off")
-        if token is None:
-            return
-        given = request.headers.get("authorization", "").encode("latin-1")
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            raise HTTPError(401, "this operation needs 'Authorization: Bearer <token>' with the service's token")
+@asynccontextmanager
+async def load_models_at_start(app: FastAPI) -> AsyncIterator[None]:
+    """Load every model of the directory before the first request; /ready answers 200 from then on."""
+    app.state.store.load_all()
+    app.state.ready = True
+    yield
 
-    @app.get("/health")
+
+def health_routes() -> APIRouter:
+    """GET /health (the process answers) and GET /ready (the models are loaded)."""
+    router = APIRouter()
+
+    @router.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready")
-    def ready() -> JSONResponse:
-        if not app.state.ready:
+    @router.get("/ready")
+    def ready(request: Request) -> JSONResponse:
+        if not request.app.state.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
+        store = request.app.state.store
         return JSONResponse({"status": "ready", "models": len(store.names()), "invalid_files": store.errors})
 
-    @app.get("/models")
+    return router
+
+
+def model_read_routes(store: ModelStore) -> APIRouter:
+    """GET /models (every served model) and GET /models/{name} (one model's contract)."""
+    router = APIRouter()
+
+    @router.get("/models")
     def list_models() -> dict[str, Any]:
         return {"models": [summary(name, store.get(name)) for name in store.names()]}
 
-    @app.get("/models/{name}")
+    @router.get("/models/{name}")
     def show_model(name: str) -> dict[str, Any]:
         return {"name": name, **store.get(name).contract.to_dict()}
 
-    @app.post("/models/{name}/predict")
+    return router
+
+
+def predict_routes(store: ModelStore, limits: Limits, gate: asyncio.Semaphore) -> APIRouter:
+    """POST /models/{name}/predict: a JSON or .npy body, parsed and predicted in a worker thread behind `gate`."""
+    router = APIRouter()
+
+    @router.post("/models/{name}/predict")
     async def predict(name: str, request: Request) -> Response:
         predictor = store.get(name)
         content_type = media_type(request)
@@ -87,9 +110,34 @@ def create_app(models: str, token: str | None = None, threads: int | None = None
             content = await run_in_threadpool(answer, name, predictor, content_type, body, limits)
         return Response(content, media_type="application/json")
 
-    @app.put("/models/{name}")
+    return router
+
+
+@dataclass(frozen=True)
+class WriteGuard:
+    """Who may upload and delete models: nobody if `read_only`, else holders of `token` (anyone if None)."""
+
+    token: str | None
+    read_only: bool
+
+    def check(self, request: Request) -> None:
+        """Raise the 403 or 401 that `request` earns, if any."""
+        if self.read_only:
+            raise HTTPError(403, "this service is read-only (read_only=true): uploads and deletions are off")
+        if self.token is None:
+            return
+        given = request.headers.get("authorization", "").encode("latin-1")
+        if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
+            raise HTTPError(401, "this operation needs 'Authorization: Bearer <token>' with the service's token")
+
+
+def model_write_routes(store: ModelStore, limits: Limits, gate: asyncio.Semaphore, guard: WriteGuard) -> APIRouter:
+    """PUT /models/{name} (upload raw ONNX bytes) and DELETE /models/{name}, both behind `guard`."""
+    router = APIRouter()
+
+    @router.put("/models/{name}")
     async def upload(name: str, request: Request) -> JSONResponse:
-        authorize(request)
+        guard.check(request)
         check_name(name)
         body = await read_body(request, limits.model_bytes, limits.body_timeout_s)
         try:
@@ -104,19 +152,25 @@ def create_app(models: str, token: str | None = None, threads: int | None = None
                                  f"the model file ({err.strerror})") from None
         return JSONResponse(summary(name, predictor), status_code=200 if replaced else 201)
 
-    @app.delete("/models/{name}")
+    @router.delete("/models/{name}")
     def delete(name: str, request: Request) -> dict[str, str]:
-        authorize(request)
+        guard.check(request)
         store.delete(name)
         return {"deleted": name}
 
-    @app.api_route("/models/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    return router
+
+
+def unknown_model_paths() -> APIRouter:
+    """Anything else under /models/, such as a model name with a path in it (../x): 400 naming it, else 404."""
+    router = APIRouter()
+
+    @router.api_route("/models/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
     def bad_path(rest: str) -> None:
-        """Anything else under /models/, such as a model name with a path in it (../x): 400 naming it."""
         check_name(rest.removesuffix("/predict"))
         raise HTTPError(404, f"no endpoint /models/{rest}")
 
-    return app
+    return router
 
 
 def add_error_handlers(app: FastAPI) -> None:
