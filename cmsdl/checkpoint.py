@@ -115,7 +115,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def verified(path: str | Path | None) -> str | None:
-    """`path` (None passes) after loading it safely: Lightning resumes from it only if it is a sound cmsdl checkpoint."""
+    """`path` (None passes) once it has loaded safely: Lightning then resumes only from a sound cmsdl checkpoint."""
     if path is None:
         return None
     load_checkpoint(Path(path))

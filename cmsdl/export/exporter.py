@@ -4,7 +4,8 @@ The exported graph is the network plus its output activation (class probabilitie
 prediction), with a dynamic batch axis. The checkpoint's preprocessing goes into the ONNX metadata
 (see cmsdl.inference.metadata). Before the file appears, onnx.checker runs and onnxruntime's outputs are
 compared with PyTorch's on real samples of the test split at several batch sizes; past the tolerance the
-export fails and writes nothing. Optional siblings: graph-optimised, fp16 and dynamic-int8 models.
+export fails and writes nothing. Optional siblings: fp16 and dynamic-int8 models; `optimize` applies onnxruntime's
+offline graph optimisation. All files are written together at the end, or none.
 """
 
 from __future__ import annotations
@@ -240,9 +241,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     contract = build_contract(checkpoint, model, samples, str(ckpt))
     fp32 = step(f"ONNX conversion (opset={cfg.opset})", to_onnx, graph, samples[:2], contract, cfg.opset)
     fp32_bytes = fp32.SerializeToString()
-    main_model = step(f"optimize={cfg.optimize}", optimize, fp32_bytes, cfg.optimize, contract) if cfg.optimize else fp32
+    main_model = fp32
+    if cfg.optimize:
+        main_model = step(f"optimize={cfg.optimize}", optimize, fp32_bytes, cfg.optimize, contract)
     model_bytes = main_model.SerializeToString()
-    parity = check_parity(model_bytes, graph, samples)
+    parity = step("the parity check", check_parity, model_bytes, graph, samples)
     if parity.worst > cfg.parity.atol:
         raise ParityError(f"export: onnxruntime differs from PyTorch by {parity.worst:.3g} (max abs, per batch size "
                           f"{parity.max_abs_diff}), above parity.atol={cfg.parity.atol}; {out} not written")
@@ -272,7 +275,7 @@ def export_int8(fp32_bytes: bytes, graph: nn.Module, samples: torch.Tensor, cont
         quantized = step(f"optimize={level} of the int8 model", optimize, quantized.SerializeToString(), level,
                          contract)
     model_bytes = quantized.SerializeToString()
-    parity = check_parity(model_bytes, graph, samples)
+    parity = step("the int8 parity check", check_parity, model_bytes, graph, samples)
     log.info("int8 model %s: max abs diff to PyTorch fp32 %.3g", path, parity.worst)
     return model_bytes, {"model": str(path), "max_abs_diff": parity.max_abs_diff}
 
