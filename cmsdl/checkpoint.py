@@ -9,7 +9,6 @@ it runs. Imports torch and the config helpers, never a command module.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
 import pickle
@@ -27,10 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from cmsdl.callbacks import CHECKPOINT_KEY
 from cmsdl.config import instantiate_logged
 from cmsdl.errors import InputFormatError
+from cmsdl.runs import LAST_CKPT
 
-log = logging.getLogger(__name__)
 _multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
-LAST_IN_RUN = Path("checkpoints") / "last.ckpt"
 WRITTEN_BY = "a .ckpt written by `cmsdl train`"
 
 # Beyond torch's own weights-only set (tensors, dicts, lists, tuples, OrderedDict, numbers, strings): types that a
@@ -139,10 +137,10 @@ def best_in_run(run_dir: Path) -> tuple[Path, str]:
         for candidate in (best, run_dir / "checkpoints" / best.name):  # the run directory may have moved
             if candidate.is_file():
                 return candidate, "its best checkpoint (metrics.json)"
-    if (run_dir / LAST_IN_RUN).is_file():
-        return run_dir / LAST_IN_RUN, "its last checkpoint"
+    if (run_dir / LAST_CKPT).is_file():
+        return run_dir / LAST_CKPT, "its last checkpoint"
     raise CheckpointError(f"ckpt: {run_dir} is a directory but not a run of `cmsdl train` (expected metrics.json "
-                          f"with best_checkpoint, or {LAST_IN_RUN})")
+                          f"with best_checkpoint, or {LAST_CKPT})")
 
 
 def recorded_best(run_dir: Path) -> Path | None:
