@@ -3,10 +3,14 @@
     .venv/bin/python scripts/seed_repeats.py popularity --input data/popularity.csv --out logs/repeats/popularity
     .venv/bin/python scripts/seed_repeats.py workflows --input data/workflows.json --out logs/repeats/workflows
     ... [--seeds 1 2 3 4 5] [-- extra cmsdl overrides, e.g. max_windows=5]
+    .venv/bin/python scripts/seed_repeats.py popularity --data-seeds 1 2 3 4 5 --seeds 12345 --out logs/repeats/data
 
 Each seed is one `cmsdl popularity ... seed=<s>` (the DNN's initialisation and the baselines' random_state) or
 one `cmsdl train experiment=workflow_actions seed=<s>` (initialisation and the 70/15/15 split) on the same data,
-run as a user would, in `<out>/seed<s>`; a seed whose outputs exist is read, not rerun. Prints and writes
+run as a user would, in `<out>/seed<s>`; a seed whose outputs exist is read, not rerun. With `--data-seeds`, the
+data are simulated once per data seed instead (`cmsdl simulate-popularity|simulate-workflows seed=<d>` plus
+`--simulate key=value ...`, in `<out>/data<d>/`) and every training seed runs on each: the spread over seeds is
+then over (data seed, training seed) runs. Prints and writes
 `<out>/repeats.json`: per model the AUC averaged over every (seed, week), the standard deviation over weeks (of
 the per-week AUC averaged over seeds) and over seeds (of each seed's mean over weeks); sample standard deviations.
 For popularity also FPR and FNR pooled over all (seed, week) pairs at the run's decision threshold, and
@@ -42,8 +46,8 @@ def sample_std(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarise(auc: dict[str, dict[int, dict[int, float]]]) -> dict[str, dict[str, float]]:
-    """auc[model][seed][week] → mean over (seed, week), std over weeks, std over seeds (NaN weeks skipped)."""
+def summarise(auc: dict[str, dict[Any, dict[int, float]]]) -> dict[str, dict[str, float]]:
+    """auc[model][run][week] → mean over (run, week), std over weeks, std over runs (seeds; NaN weeks skipped)."""
     summary = {}
     for model, by_seed in auc.items():
         seeds = sorted(by_seed)
@@ -102,6 +106,33 @@ def workflow_auc(args: argparse.Namespace) -> dict[str, dict[int, dict[int, floa
     return {"dnn": auc}
 
 
+def simulated_input(study: str, data_seed: int, out: Path, settings: list[str]) -> Path:
+    """The study's simulated data for one data seed, written once into `out`."""
+    path = out / ("popularity.csv" if study == "popularity" else "workflows.json")
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        command = "simulate-popularity" if study == "popularity" else "simulate-workflows"
+        run_cmsdl(command, f"out={path}", f"seed={data_seed}", *settings)
+    return path
+
+
+def repeated_auc(args: argparse.Namespace,
+                 rates: dict[str, dict[str, float]]) -> dict[str, dict[Any, dict[int, float]]]:
+    """AUC per model, run and week: training seeds on --input, or on the data of every data seed."""
+    if not args.data_seeds:
+        return popularity_auc(args, rates) if args.study == "popularity" else workflow_auc(args)
+    auc: dict[str, dict[Any, dict[int, float]]] = {}
+    for data_seed in args.data_seeds:
+        out = args.out / f"data{data_seed}"
+        run = argparse.Namespace(**{**vars(args), "out": out,
+                                    "input": simulated_input(args.study, data_seed, out, args.simulate)})
+        part = popularity_auc(run, rates) if args.study == "popularity" else workflow_auc(run)
+        for model, by_seed in part.items():
+            for seed, weeks in by_seed.items():
+                auc.setdefault(model, {})[f"data{data_seed}/seed{seed}"] = weeks
+    return auc
+
+
 def print_table(study: str, summary: dict[str, dict[str, Any]]) -> None:
     over_weeks = study == "popularity"
     print(f"{study}: AUC mean" + (" ± std over weeks" if over_weeks else "") + " ± std over seeds")
@@ -116,23 +147,24 @@ def print_table(study: str, summary: dict[str, dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=["popularity", "workflows"])
-    parser.add_argument("--input", type=Path, required=True, help="popularity CSV or workflows JSON")
+    parser.add_argument("--input", type=Path, help="popularity CSV or workflows JSON (or --data-seeds)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="training seeds")
+    parser.add_argument("--data-seeds", type=int, nargs="+", default=[], help="simulate the data once per seed")
+    parser.add_argument("--simulate", nargs="+", default=[], help="simulate-* overrides, e.g. n_workflows=4000")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
     args.overrides = argv[cut + 1:]
-    if not args.input.is_file():
-        raise SystemExit(f"error: --input {args.input}: no such file")
+    if not args.data_seeds and not (args.input and args.input.is_file()):
+        raise SystemExit(f"error: --input {args.input}: no such file (or give --data-seeds)")
     args.out.mkdir(parents=True, exist_ok=True)
     rates: dict[str, dict[str, float]] = {}
-    auc = popularity_auc(args, rates) if args.study == "popularity" else workflow_auc(args)
-    summary = summarise(auc)
+    summary = summarise(repeated_auc(args, rates))
     for model, counts in rates.items():
         summary[model].update(error_rates(counts))
-    report = {"study": args.study, "input": str(args.input), "seeds": args.seeds, "overrides": args.overrides,
-              "models": summary}
+    report = {"study": args.study, "input": str(args.input), "seeds": args.seeds, "data_seeds": args.data_seeds,
+              "simulate": args.simulate, "overrides": args.overrides, "models": summary}
     (args.out / "repeats.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(args.study, summary)
     return report

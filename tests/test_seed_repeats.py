@@ -55,3 +55,16 @@ def test_popularity_repeats_run_the_command_once_per_seed(tmp_path: Path) -> Non
     dnn = report["models"]["dnn"]
     assert (dnn["n_seeds"], dnn["n_weeks"]) == (2, 2) and 0.5 < dnn["auc"] <= 1 and len(set(dnn["per_seed"])) == 2
     assert "± std over weeks" in proc.stdout and (tmp_path / "out" / "seed2" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_data_seeds_simulate_the_data_once_each(tmp_path: Path) -> None:
+    args = [sys.executable, str(REPO / "scripts" / "seed_repeats.py"), "popularity", "--data-seeds", "3", "4",
+            "--seeds", "1", "--out", str(tmp_path / "out"), "--simulate", "n_datasets=300", "n_weeks=20", "--",
+            "train_months=3", "max_windows=2", "dnn.epochs=2", "baselines={}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = [(tmp_path / "out" / f"data{d}" / "popularity.csv").read_text() for d in (3, 4)]
+    assert data[0] != data[1] and all(len(text.splitlines()) > 100 for text in data)
+    dnn = json.loads((tmp_path / "out" / "repeats.json").read_text())["models"]["dnn"]
+    assert dnn["n_seeds"] == 2 and len(set(dnn["per_seed"])) == 2
