@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cmsdl
-from test_k8s_api import FakeApiServer
+from test_k8s_launcher import SweepApiServer
 
 QUICK = ("trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0")  # documented overrides that keep tests short
 
@@ -44,7 +44,7 @@ def test_readme_optuna_search_with_default_paths(workdir: Path) -> None:
 
 
 def test_readme_k8s_sweep_with_default_paths(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with FakeApiServer(complete_on_read=True) as api:
+    with SweepApiServer(complete_on_read=True) as api:
         monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(workdir / "kubeconfig")))
         run_cmsdl("train", "-m", "experiment=workflow_actions", "model.optimizer.lr=1e-3,3e-4", "hydra/launcher=k8s",
                   "hydra.launcher.k8s.namespace=cms-ml", "hydra.launcher.wait=true", "hydra.launcher.poll_seconds=0.05",
@@ -53,6 +53,8 @@ def test_readme_k8s_sweep_with_default_paths(workdir: Path, monkeypatch: pytest.
     assert len(jobs) == 2
     [sweep] = list((workdir / "logs" / "train" / "multiruns").iterdir())
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
+    collected = [json.loads((sweep / n / "metrics.json").read_text()) for n in ("0", "1")]
+    assert all(c["metrics"]["test/auroc"] > 0.8 and c["pod_metrics_json"].startswith("/outputs/") for c in collected)
 
 
 def test_resume_picks_the_newest_unfinished_run_and_never_a_finished_one(workdir: Path) -> None:

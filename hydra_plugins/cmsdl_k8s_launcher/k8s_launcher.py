@@ -3,11 +3,18 @@
 Found by Hydra in the `hydra_plugins` namespace package; configured by configs/hydra/launcher/k8s.yaml.
 Each point's manifests and, with wait=true, its metrics land in <sweep dir>/<job number>/.
 The Kubernetes client is imported only when a sweep is launched: `cmsdl train` imports this module to register it.
+
+Metrics come from the metrics.json that `cmsdl train` writes in the pod's run directory. That directory is on the
+outputs claim, which is mounted in the pods only (the launcher runs on the submitting machine, and a finished pod
+cannot be exec'd into), so each pod runs the Hydra callback `PrintMetricsJson`, which prints the file's path and
+contents as one JSON line at the end of rank 0's log; the launcher reads that line back with json.loads.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -15,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
+from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -22,15 +30,44 @@ from omegaconf import DictConfig, OmegaConf
 from cmsdl.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
-_METRIC = re.compile(r"([\w./-]+)=(-?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))")
+METRICS_JSON_KEY = "cmsdl_metrics_json"  # the line: {"cmsdl_metrics_json": <path in the pod>, "contents": {...}}
 
 
-def parse_metrics(lines: list[str]) -> dict[str, float]:
-    """The metrics of the last `metrics: key=value, ...` line that `cmsdl train` logs on rank 0."""
+class PrintMetricsJson(Callback):
+    """Run in the pods (`PRINT_METRICS_JSON` override): after a successful `cmsdl train`, global rank 0 prints the
+    run's metrics.json as one JSON line (`metrics_json_line`)."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if os.environ.get("RANK", "0") != "0" or job_return.status != JobStatus.COMPLETED:
+            return
+        path = Path(str(config.hydra.runtime.output_dir)) / "metrics.json"
+        try:
+            contents = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            log.warning("%s: not printed for the sweep launcher: %s", path, err)
+            return
+        print(metrics_json_line(path, contents), flush=True)
+
+
+PRINT_METRICS_JSON = f"+hydra.callbacks.print_metrics_json._target_={PrintMetricsJson.__module__}.PrintMetricsJson"
+
+
+def metrics_json_line(path: Path, contents: dict[str, Any]) -> str:
+    return json.dumps({METRICS_JSON_KEY: str(path), "contents": contents})
+
+
+def read_metrics_json_line(lines: list[str]) -> dict[str, Any] | None:
+    """The last `metrics_json_line` in a pod's log, as {METRICS_JSON_KEY: path, "contents": metrics.json}."""
     for line in reversed(lines):
-        if "metrics: " in line:
-            return {k: float(v) for k, v in _METRIC.findall(line.split("metrics: ", 1)[1])}
-    return {}
+        if not line.lstrip().startswith("{"):
+            continue
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and METRICS_JSON_KEY in document and isinstance(document.get("contents"), dict):
+            return document
+    return None
 
 
 def job_prefix(experiment: str | None, sweep_dir: Path) -> str:
@@ -71,7 +108,7 @@ class K8sLauncher(Launcher):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             name = f"{job_prefix(experiment_of(overrides), sweep_dir)}-{idx}"
             # paths.* place the sweep directory on this machine; in the pods, paths follow the k8s mounts
-            pod_overrides = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
+            pod_overrides = [o for o in overrides if not o.lstrip("+~").startswith("paths.")] + [PRINT_METRICS_JSON]
             manifests = render(self.k8s, pod_overrides, name=name, sweep=label_value(sweep_dir.name))
             points.append((idx, name, overrides, sweep_config, manifests))
         cluster = Cluster(self.k8s.namespace)
@@ -111,14 +148,14 @@ class K8sLauncher(Launcher):
         from cmsdl.k8s.cluster import K8sError
 
         state = cluster.job_state(name, self.k8s.flavour)
-        try:
-            metrics = parse_metrics(list(cluster.logs(name, follow=False)))
-        except K8sError as err:  # e.g. the pods are already gone (ttlSecondsAfterFinished)
-            log.warning("#%d %s: no metrics collected: %s", idx, name, err)
-            metrics = {}
+        printed = self._pod_metrics_json(cluster, idx, name) if state["succeeded"] else None
+        contents = printed["contents"] if printed else {}
+        metrics = contents.get("metrics") or {}
         write_json(sweep_dir / str(idx) / "metrics.json",
                    {"job": name, "namespace": self.k8s.namespace, "overrides": overrides,
-                    "succeeded": state["succeeded"], "conditions": state["conditions"], "metrics": metrics})
+                    "succeeded": state["succeeded"], "conditions": state["conditions"], "metrics": metrics,
+                    "pod_metrics_json": printed[METRICS_JSON_KEY] if printed else None,
+                    "best_checkpoint": contents.get("best_checkpoint")})
         if not state["succeeded"]:
             result.status = JobStatus.FAILED
             result.return_value = K8sError(f"job {name!r} ({' '.join(overrides)}) did not succeed: "
@@ -127,3 +164,17 @@ class K8sLauncher(Launcher):
         monitor = OmegaConf.select(sweep_config, "optimized_metric")
         result.status, result.return_value = JobStatus.COMPLETED, metrics.get(monitor) if monitor else None
         return result
+
+    def _pod_metrics_json(self, cluster: Any, idx: int, name: str) -> dict[str, Any] | None:
+        """The metrics.json that rank 0 of job `name` printed (`PrintMetricsJson`), or None with a warning."""
+        from cmsdl.k8s.cluster import K8sError
+
+        try:
+            printed = read_metrics_json_line(list(cluster.logs(name, follow=False)))
+        except K8sError as err:  # e.g. the pods are already gone (ttlSecondsAfterFinished)
+            log.warning("#%d %s: no metrics collected: %s", idx, name, err)
+            return None
+        if printed is None:
+            log.warning("#%d %s: no metrics collected: rank 0's log has no %r line (printed at the end of a "
+                        "successful `cmsdl train` in the pod)", idx, name, METRICS_JSON_KEY)
+        return printed
