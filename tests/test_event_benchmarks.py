@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cmsdl
 
 
 def run_script(name: str, tmp_path: Path, *args: str) -> tuple[str, dict]:
@@ -45,3 +45,13 @@ def test_toy_separability_reports_each_view(tmp_path: Path) -> None:
     lines = [line for line in proc.stdout.splitlines() if "accuracy" in line]
     assert [line.split(" accuracy")[0].strip() for line in lines] == ["all", "no pT values", "directions only"]
     assert all(float(line.split("accuracy")[1].split("%")[0]) > 80 for line in lines)
+
+
+def test_toy_separability_reports_the_hit_count_baseline_of_root_files(tmp_path: Path) -> None:
+    run_cmsdl("simulate", "out=raw", "n_events=100", "processes=[jpsi,qcd]", "progress=false", cwd=tmp_path)
+    stdout, figures = run_script("toy_separability.py", tmp_path, "--root", "raw/*.root", "--classes", "jpsi", "qcd")
+    assert "hit counts only, HistGradientBoosting, 5-fold" in stdout and figures["events"] == 200
+    assert {"total hits", "hits per subdetector"} <= set(figures) and figures["majority_rate"] == 0.5
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "toy_separability.py"), "--root", "none/*.root"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: files: no ROOT files given") and "Traceback" not in bad.stderr

@@ -1,4 +1,5 @@
-"""The toy CMS tracker: deterministic, CMS-like geometry, processes that differ, ROOT output a user can read."""
+"""The toy CMS tracker: deterministic, CMS-like geometry, processes that differ in topology but not in hit
+multiplicity, ROOT output a user can read."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import uproot
 
 from cmsdl.hits.geometry import cms_barrel
-from cmsdl.hits.simulate import simulate_events
+from cmsdl.hits.simulate import simulate_events, write_root
+from cmsdl.tools.hit_counts import hit_count_baseline
 from conftest import run_cmsdl
 
 
@@ -29,11 +31,29 @@ def test_pixel_barrel_hits_lie_on_the_cms_layers() -> None:
     assert np.abs(ak.to_numpy(hits.z)).max() <= 280 and np.hypot(ak.to_numpy(hits.x), ak.to_numpy(hits.y)).max() <= 111
 
 
-def test_processes_differ_in_multiplicity_and_curvature() -> None:
-    n_hits = {p: ak.mean(ak.num(simulate_events(p, 300, 2)["hit"].x)) for p in ("jpsi", "qcd", "higgs")}
-    assert n_hits["qcd"] > 1.4 * n_hits["higgs"] > 1.4 * 1.2 * n_hits["jpsi"]
+def test_processes_leave_the_same_number_of_hits_but_differ_in_stiff_tracks() -> None:
+    events = {p: simulate_events(p, 300, 2) for p in ("jpsi", "qcd", "higgs")}
+    n_hits = {p: float(ak.mean(ak.num(e["hit"].x))) for p, e in events.items()}
+    assert max(n_hits.values()) < 1.05 * min(n_hits.values())
     low_pt = simulate_events("jpsi", 300, 2, efficiency=0.0, noise=30)
     assert ak.sum(ak.num(low_pt["hit"].x)) == ak.sum(low_pt["n_noise"])
+
+
+def write_processes(folder: Path, n: int, **settings: float) -> list[Path]:
+    folder.mkdir()
+    paths = []
+    for k, process in enumerate(("jpsi", "qcd")):
+        paths.append(folder / f"{process}_000.root")
+        write_root(paths[-1], simulate_events(process, n, (7, k), **settings), 0)
+    return paths
+
+
+def test_hit_counts_alone_do_not_tell_jpsi_from_qcd(tmp_path: Path) -> None:
+    baseline = hit_count_baseline(write_processes(tmp_path / "new", 300), ["jpsi", "qcd"])
+    assert baseline["events"] == 600 and baseline["majority_rate"] == 0.5
+    assert baseline["total hits"]["accuracy"] < 0.70 and baseline["hits per subdetector"]["accuracy"] < 0.70
+    gap = hit_count_baseline(write_processes(tmp_path / "gap", 300, ue_fill_hits=0), ["jpsi", "qcd"])
+    assert gap["total hits"]["accuracy"] > 0.85 and gap["hits per subdetector"]["accuracy"] > 0.85
 
 
 def test_simulate_command_writes_root_trees_and_resumes(tmp_path: Path) -> None:

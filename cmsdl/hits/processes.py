@@ -1,7 +1,9 @@
 """Generator-level physics for the toy tracker: charged particles of J/psi, QCD multijet and H -> tau tau events.
 
-Every process returns flat arrays over all its charged particles (one row per particle, ordered by event):
-event index, pT (GeV), eta, phi, charge, vertex z (cm). Kinematics are plausible, not a physics generator.
+Every process returns flat arrays over the charged particles of its hard scatter (one row per particle, ordered
+by event): event index, pT (GeV), eta, phi, charge, vertex z (cm). Kinematics are plausible, not a physics
+generator. The underlying event and pile-up are added by `cmsdl.hits.simulate` in the same way for every process,
+so that the processes differ in topology, not in the number of hits they leave.
 """
 
 from __future__ import annotations
@@ -73,13 +75,32 @@ def resonance(rng: np.random.Generator, n: int, mass: float, pt_mean: float, pt_
     return np.column_stack([mt * np.cosh(y), pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(y)])
 
 
+def soft_particles(rng: np.random.Generator, event: np.ndarray, z0: np.ndarray, pt_slope: float = 0.45,
+                   cluster_size: int = 1, cluster_spread: float = 0.3) -> Particles:
+    """One soft charged particle (pT ~ 0.15 GeV + Exp(`pt_slope`)) per entry of `event` (grouped by event).
+
+    With `cluster_size` > 1, consecutive particles of an event come in mini-jets of that many, spread by
+    `cluster_spread` in eta and phi around a direction flat in eta and phi; with 1 each particle is on its own.
+    """
+    n = len(event)
+    starts = np.flatnonzero(np.r_[True, event[1:] != event[:-1]])
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    opens_cluster = rank % cluster_size == 0
+    cluster = np.cumsum(opens_cluster) - 1
+    n_clusters = int(opens_cluster.sum())
+    centre_eta, centre_phi = rng.uniform(-MAX_ETA, MAX_ETA, n_clusters), rng.uniform(-np.pi, np.pi, n_clusters)
+    spread = cluster_spread if cluster_size > 1 else 0.0
+    pt = 0.15 + rng.exponential(pt_slope, n)
+    eta = centre_eta[cluster] + spread * rng.normal(0, 1, n)
+    phi = centre_phi[cluster] + spread * rng.normal(0, 1, n)
+    return _particles(event, pt, eta, phi, rng.choice(np.array([-1, 1]), n), z0)
+
+
 def underlying_event(rng: np.random.Generator, n_events: int, mean: float, z0: np.ndarray) -> Particles:
     """Soft charged particles of the rest of the collision: a broad (gamma-Poisson) multiplicity."""
     counts = rng.poisson(rng.gamma(2.0, mean / 2.0, n_events))
     event = np.repeat(np.arange(n_events), counts)
-    n = len(event)
-    return _particles(event, 0.15 + rng.exponential(0.45, n), rng.uniform(-MAX_ETA, MAX_ETA, n),
-                      rng.uniform(-np.pi, np.pi, n), rng.choice(np.array([-1, 1]), n), z0[event])
+    return soft_particles(rng, event, z0[event])
 
 
 def pileup(rng: np.random.Generator, n_events: int, mean_interactions: float, tracks_per_interaction: float) -> Particles:
@@ -91,21 +112,21 @@ def pileup(rng: np.random.Generator, n_events: int, mean_interactions: float, tr
     return soft
 
 
-def jpsi(rng: np.random.Generator, n_events: int, z0: np.ndarray, ue_mean: float, **_: float) -> Particles:
-    """J/psi -> mu+ mu-: two muons of a few GeV, plus the underlying event."""
+def jpsi(rng: np.random.Generator, n_events: int, z0: np.ndarray, **_: float) -> Particles:
+    """J/psi -> mu+ mu-: two muons of a few GeV."""
     mu1, mu2 = two_body_decay(rng, resonance(rng, n_events, JPSI_MASS, 6.0, 3.0, 2.4), MUON_MASS)
     event = np.arange(n_events)
-    muons = [_particles(event, *pt_eta_phi(m), np.full(n_events, q), z0) for m, q in ((mu1, 1), (mu2, -1))]
-    return concat([*muons, underlying_event(rng, n_events, ue_mean, z0)])
+    return concat([_particles(event, *pt_eta_phi(m), np.full(n_events, q), z0) for m, q in ((mu1, 1), (mu2, -1))])
 
 
-def qcd(rng: np.random.Generator, n_events: int, z0: np.ndarray, ue_mean: float, jet_pt_min: float = 25.0,
+def qcd(rng: np.random.Generator, n_events: int, z0: np.ndarray, jet_pt_min: float = 25.0,
         n_jets_mean: float = 0.6, **_: float) -> Particles:
-    """Multijet events: 2-4 jets with a steeply falling pT spectrum, each a collimated spray of soft tracks.
+    """Multijet events: 2-4 jets (2 + Poisson(`n_jets_mean`) extra) with a steeply falling pT spectrum, each a
+    collimated spray of soft tracks.
 
     With a negative `n_jets_mean` it makes initial-state radiation for other processes: 0-2 softer jets.
     """
-    n_jets = np.minimum(2 + rng.poisson(0.6, n_events), 4) if n_jets_mean >= 0 else np.minimum(
+    n_jets = np.minimum(2 + rng.poisson(n_jets_mean, n_events), 4) if n_jets_mean >= 0 else np.minimum(
         rng.poisson(-n_jets_mean, n_events), 2)
     jet_event = np.repeat(np.arange(n_events), n_jets)
     first = np.r_[0, np.cumsum(n_jets)[:-1]]
@@ -125,14 +146,14 @@ def qcd(rng: np.random.Generator, n_events: int, z0: np.ndarray, ue_mean: float,
     jets = _particles(event, pt, jet_eta[owner] + rng.normal(0, 1, len(owner)) * np.minimum(spread, 0.3),
                       jet_phi[owner] + rng.normal(0, 1, len(owner)) * np.minimum(spread, 0.3),
                       rng.choice(np.array([-1, 1]), len(owner)), z0[event])
-    return concat([jets, underlying_event(rng, n_events, ue_mean, z0)])
+    return jets
 
 
-def higgs(rng: np.random.Generator, n_events: int, z0: np.ndarray, ue_mean: float, higgs_mass: float = 125.0,
+def higgs(rng: np.random.Generator, n_events: int, z0: np.ndarray, higgs_mass: float = 125.0,
           **_: float) -> Particles:
     """H -> tau+ tau-; each tau decays to 1 charged track (leptonic or 1-prong) or 3 (3-prong), neutrinos unseen.
 
-    A hard gluon-fusion process: initial-state radiation jets and a busier underlying event than J/psi's.
+    A gluon-fusion process, so it comes with initial-state radiation: 0-2 softer jets.
     """
     tau1, tau2 = two_body_decay(rng, resonance(rng, n_events, higgs_mass, 25.0, 0.0, 2.2), TAU_MASS)
     taus = np.concatenate([tau1, tau2])
@@ -153,8 +174,8 @@ def higgs(rng: np.random.Generator, n_events: int, z0: np.ndarray, ue_mean: floa
     prongs = _particles(event, np.maximum(tau_pt[owner] * visible[owner] * share, 0.3),
                         tau_eta[owner] + rng.normal(0, 1, len(owner)) * spread,
                         tau_phi[owner] + rng.normal(0, 1, len(owner)) * spread, charge, z0[event])
-    isr = qcd(rng, n_events, z0, ue_mean=0.0, jet_pt_min=10.0, n_jets_mean=-0.6)
-    return concat([prongs, isr, underlying_event(rng, n_events, 1.5 * ue_mean, z0)])
+    isr = qcd(rng, n_events, z0, jet_pt_min=10.0, n_jets_mean=-0.6)
+    return concat([prongs, isr])
 
 
 PROCESSES: dict[str, Callable[..., Particles]] = {"jpsi": jpsi, "qcd": qcd, "higgs": higgs}
