@@ -38,7 +38,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         return metrics
     probs = torch.cat([b["probs"] for b in batches]).float().numpy()
     labels = torch.cat([b["labels"] for b in batches]).numpy()
-    metrics = write_report(out_dir, probs, labels, datamodule.class_names, ids)
+    weights = torch.cat([b["weights"] for b in batches]).float().numpy() if "weights" in batches[0] else None
+    run_dir = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent.parent
+    metrics = write_report(out_dir, probs, labels, datamodule.class_names, ids, weights=weights,
+                           signal=cfg.get("signal"), title=f"run {run_dir.name}, {cfg.split} split",
+                           training_log=run_dir / "csv" / "metrics.csv")
     log.info("%s split: n=%d accuracy=%.4f auroc=%.4f; report in %s",
              cfg.split, metrics["n"], metrics["accuracy"], metrics["auroc"], out_dir)
     print(f"{cfg.split}: accuracy and confusion matrix (rows true, columns predicted: "

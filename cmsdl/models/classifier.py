@@ -107,5 +107,6 @@ class Classifier(TrainedNetwork):
         return (logits.reshape(-1) > 0).long() if self.binary else logits.argmax(dim=1)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        x, y, _ = unpack(batch)
-        return {"probs": self.probabilities(self(x)), "labels": y}
+        x, y, w = unpack(batch)
+        out = {"probs": self.probabilities(self(x)), "labels": y}
+        return out if w is None else {**out, "weights": w}

@@ -209,8 +209,11 @@ def plot_windows(path: Path, rows: list[dict[str, Any]]) -> None:
         mine = [r for r in rows if r["model"] == model]
         for ax, key in zip(axes, ("auc", "fpr", "fnr")):
             ax.plot([r["week"] for r in mine], [r[key] for r in mine], marker=".", label=model)
-    for ax, key in zip(axes, ("AUC", "FPR", "FNR")):
-        ax.set(xlabel="target week", ylabel=key, title=f"{key} per week")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, name in zip(axes, ("AUC (area under the ROC curve)", "false positive rate", "false negative rate")):
+        ax.set(xlabel="target week", ylabel=name, title=f"{name} per week")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend()
     with atomic_write(path, "wb") as handle:
