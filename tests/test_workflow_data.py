@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmsdl.data.workflow_features import WorkflowMatrix
+from cmsdl.data.tabular import TabularDataModule, class_weights
+from cmsdl.data.workflow_features import WorkflowActionSource, WorkflowMatrix
 from cmsdl.data.workflows import load_workflows, parse_workflows
-from cmsdl.errors import InputFormatError
+from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.evaluate import overtraining_ks
+from conftest import run_cmsdl
 
 
 def workflow(name: str, action: str | None, errors: dict, status: dict | None = None) -> dict:
@@ -111,3 +114,101 @@ def test_state_dict_restores_the_same_features() -> None:
     restored.load_state_dict(json.loads(json.dumps(fitted.state_dict())))
     np.testing.assert_array_equal(fitted.transform(wfs), restored.transform(wfs))
     assert restored.feature_names == fitted.feature_names
+
+
+def many_workflows(n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    codes, sites = ["84", "85", "50660", "50664", "8004", "60307"], ["T1_US_FNAL", "T2_CH_CERN", "T2_US_MIT"]
+    return parse_workflows([
+        workflow(f"w{i}", "acdc", {c: {s: int(rng.integers(1, 30))} for c in rng.choice(codes, 2, replace=False)
+                                   for s in rng.choice(sites, 1)}, {sites[0]: "bad"})
+        for i in range(n)
+    ])
+
+
+def test_svd_compresses_the_matrix_with_a_basis_fitted_on_the_training_workflows_only() -> None:
+    train, other = many_workflows(40, seed=1), many_workflows(10, seed=2)
+    matrix = WorkflowMatrix(svd_components=3).fit(train)
+    assert matrix.feature_names == ["svd0", "svd1", "svd2"] and len(matrix.matrix_names) == 14
+    basis = np.asarray(matrix.svd_basis)
+    x = matrix.transform(other)
+    assert x.shape == (10, 3)
+    np.testing.assert_allclose(x, WorkflowMatrix().fit(train).transform(other) @ basis.T, rtol=1e-5, atol=1e-5)
+    refitted = WorkflowMatrix(svd_components=3).fit(other).transform(other)
+    assert not np.allclose(np.abs(refitted), np.abs(x), atol=1e-3), "fitted on other workflows, another basis"
+    restored = WorkflowMatrix()
+    restored.load_state_dict(json.loads(json.dumps(matrix.state_dict())))
+    np.testing.assert_array_equal(restored.transform(other), x)
+
+
+def test_svd_with_too_many_components_is_one_config_error() -> None:
+    with pytest.raises(ConfigError, match="got 14, expected an integer from 1 to 13"):
+        WorkflowMatrix(svd_components=14).fit(many_workflows(20))
+
+
+def test_class_weights_balance_the_classes() -> None:
+    labels = np.array([0] * 30 + [1] * 10)
+    weights = class_weights(labels)
+    assert weights[labels == 0].sum() == pytest.approx(weights[labels == 1].sum()) == pytest.approx(20)
+
+
+def datamodule(path: Path, balance: str, **matrix) -> TabularDataModule:
+    source = WorkflowActionSource(str(path), classes=["acdc", "kill"], matrix=WorkflowMatrix(**matrix))
+    return TabularDataModule(source, batch_size=64, seed=3, balance=balance)
+
+
+def training_labels(dm: TabularDataModule) -> tuple[np.ndarray, list[int]]:
+    batches = list(dm.train_dataloader())
+    return np.concatenate([b[1].numpy() for b in batches]), [len(b) for b in batches]
+
+
+def test_balance_weights_and_oversample_use_the_training_split(workflows_file: Path) -> None:
+    plain = datamodule(workflows_file, "none")
+    labels, sizes = training_labels(plain)
+    share = labels.mean()
+    assert share < 0.35 and set(sizes) == {2}, "kill is the minority class of the simulated workflows"
+    weighted = datamodule(workflows_file, "weights")
+    batches = list(weighted.train_dataloader())
+    y, w = np.concatenate([b[1].numpy() for b in batches]), np.concatenate([b[2].numpy() for b in batches])
+    assert w[y == 1].sum() == pytest.approx(w[y == 0].sum(), rel=1e-4) and w[y == 1][0] > w[y == 0][0]
+    assert all(len(b) == 2 for b in weighted.split_loader("test")), "only training rows carry weights"
+    oversampled = datamodule(workflows_file, "oversample")
+    drawn, _ = training_labels(oversampled)
+    assert len(drawn) == len(labels) and 0.43 < drawn.mean() < 0.57
+    assert len(oversampled.split_ids("train")) == len(labels), "the train split itself is not resampled"
+
+
+def test_datamodule_svd_features_come_from_the_training_split(workflows_file: Path) -> None:
+    dm = datamodule(workflows_file, "none", svd_components=5)
+    dm.setup()
+    assert dm.feature_names == [f"svd{i}" for i in range(5)] and dm.num_features == 5
+    train = [dm.records[i] for i in dm.split_rows["train"]]
+    expected = WorkflowMatrix(svd_components=5).fit(train).svd_basis
+    np.testing.assert_allclose(dm.source.matrix.svd_basis, expected)
+
+
+def test_unknown_balance_is_a_config_error(workflows_file: Path) -> None:
+    with pytest.raises(ConfigError, match="data.balance: got 'smote'"):
+        datamodule(workflows_file, "smote")
+
+
+def test_ks_p_values_flag_train_and_test_scores_that_differ() -> None:
+    rng = np.random.default_rng(0)
+    p_train = rng.uniform(size=400)
+    train_probs = np.stack([1 - p_train, p_train], axis=1)
+    train_labels = (p_train > 0.5).astype(int)
+    same = overtraining_ks(train_probs, train_labels, train_probs[::2], train_labels[::2], ["acdc", "clone"])
+    assert set(same) == {"acdc", "clone"} and same["clone"]["p_value"] > 0.5
+    shifted = np.clip(train_probs + [[-0.2, 0.2]], 0, 1)
+    differ = overtraining_ks(train_probs, train_labels, shifted, train_labels, ["acdc", "clone"])
+    assert differ["clone"]["p_value"] < 1e-6 and differ["clone"]["n_train"] == int(train_labels.sum())
+
+
+def test_eval_reports_the_overtraining_ks_test(tmp_path: Path, trained_checkpoint: Path) -> None:
+    proc = run_cmsdl("eval", f"ckpt={trained_checkpoint}", f"paths.log_dir={tmp_path}", "run_name=e",
+                     "accelerator=cpu", cwd=tmp_path)
+    assert "overtraining check (KS test of train vs test scores, per true class): acdc p=" in proc.stdout
+    out = tmp_path / "eval" / "runs" / "e"
+    ks = json.loads((out / "metrics.json").read_text())["overtraining_ks"]
+    assert set(ks) == {"acdc", "clone"} and all(0 <= v["p_value"] <= 1 for v in ks.values())
+    assert (out / "overtraining.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,9 @@
 A *source* loads records with integer labels and fits its feature builder on the training split only;
 this module splits, standardises with statistics of the training split, and serves whole-batch tensors.
 Its state (the fitted source and the scaling) travels inside every checkpoint for eval and export.
+``balance`` counters imbalanced classes during training, from training-split counts only: ``weights`` gives each
+training row the weight n / (n_classes * n_class) in the loss; ``oversample`` draws every epoch's training rows with
+replacement so that each class is drawn equally often (as many rows per epoch as the training split has).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from cmsdl.data.splits import SplitLoaders
 from cmsdl.errors import ConfigError, InputFormatError
 
 log = logging.getLogger(__name__)
 TASKS = ("classification", "regression")
+BALANCES = ("none", "weights", "oversample")
 
 
 class TabularSource(Protocol):
@@ -41,15 +45,25 @@ class TabularSource(Protocol):
 class BatchTensors(Dataset):
     """Indexed by a list of row numbers, returns the whole batch at once (one gather instead of one per row)."""
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        self.features, self.labels = features, labels
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        self.features, self.labels, self.weights = features, labels, weights
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(rows)
-        return self.features[index], self.labels[index]
+        if self.weights is None:
+            return self.features[index], self.labels[index]
+        return self.features[index], self.labels[index], self.weights[index]
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """Per row, n / (n_classes * n_class): every class present weighs as much in total as the others."""
+    counts = np.bincount(labels)
+    present = counts > 0
+    per_class = np.where(present, len(labels) / (present.sum() * np.maximum(counts, 1)), 0.0)
+    return per_class[labels]
 
 
 def stratified_split(
@@ -85,11 +99,16 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 12345,
         task: str = "classification",
+        balance: str = "none",
     ) -> None:
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"data.task: got {task!r}, expected one of {', '.join(TASKS)}")
+        if balance not in BALANCES or (balance != "none" and task == "regression"):
+            raise ConfigError(f"data.balance: got {balance!r}, expected one of {', '.join(BALANCES)} "
+                              "(none for regression)")
         self.task = task
+        self.balance = balance
         self.source = source
         self.split = tuple(split)
         self.batch_size = batch_size
@@ -139,6 +158,9 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
         self.records = records
         self.split_rows = {"train": train, "val": val, "test": test}
         self.splits = {name: BatchTensors(x[rows], y[rows]) for name, rows in self.split_rows.items()}
+        if self.balance == "weights":
+            weights = torch.from_numpy(class_weights(labels[train]).astype(np.float32))
+            self.splits["train"] = BatchTensors(x[train], y[train], weights)
         log.info(
             "tabular data: %d features, train/val/test = %d/%d/%d, classes %s",
             x.shape[1], len(train), len(val), len(test), self.class_names,
@@ -184,7 +206,7 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
         self.setup()
         data = self.splits[name]
         if shuffle:
-            order = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed))
+            order = self._training_order(data)
             batches = BatchSampler(order, self.batch_size, drop_last=False)
         else:
             batches = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
@@ -196,6 +218,14 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _training_order(self, data: BatchTensors) -> RandomSampler | WeightedRandomSampler:
+        """Shuffled rows; with balance=oversample, rows drawn with replacement so every class is equally likely."""
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.balance != "oversample":
+            return RandomSampler(data, generator=generator)
+        draw = torch.from_numpy(class_weights(data.labels.numpy()))
+        return WeightedRandomSampler(draw, num_samples=len(data), replacement=True, generator=generator)
 
     def preprocessing(self) -> dict[str, Any]:
         """Everything needed to turn raw records into model input: the fitted source and the scaling."""

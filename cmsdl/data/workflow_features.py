@@ -3,6 +3,8 @@
 The exit-code vocabulary (and, with ``per_site``, the site vocabulary) is fitted on training workflows only;
 codes or sites never seen there go to an ``other`` bucket. Counts are log-scaled (``log1p``).
 Feature names read ``<code>|good``, ``<code>|bad`` and, with ``per_site``, ``<code>@<site>``.
+With ``svd_components`` the sparse matrix is compressed by a truncated SVD (fitted with the vocabulary, on the
+same workflows) into that many dense features named ``svd0``, ``svd1``, ...
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import sparse
+from sklearn.decomposition import TruncatedSVD
 
 from cmsdl.data.workflows import ACTIONS, Workflow, load_workflows, parse_workflows
 from cmsdl.errors import ConfigError, InputFormatError
@@ -31,13 +35,18 @@ class WorkflowMatrix:
         min_code_workflows: int = 2,
         max_codes: int | None = None,
         log_scale: bool = True,
+        svd_components: int | None = None,
+        seed: int = 0,
     ) -> None:
         self.per_site = per_site
         self.min_code_workflows = min_code_workflows
         self.max_codes = max_codes
         self.log_scale = log_scale
+        self.svd_components = svd_components
+        self.seed = seed
         self.codes: list[int] = []
         self.sites: list[str] = []
+        self.svd_basis: list[list[float]] = []
 
     @property
     def fitted(self) -> bool:
@@ -57,30 +66,58 @@ class WorkflowMatrix:
         kept.sort(key=lambda c: (-jobs[c], c))
         self.codes = kept[: self.max_codes] if self.max_codes else kept
         self.sites = sorted(site_jobs, key=lambda s: (-site_jobs[s], s)) if self.per_site else []
+        self.svd_basis = []
+        if self.svd_components is not None:
+            self.svd_basis = self._fit_svd(self._counts(workflows))
         return self
 
+    def _fit_svd(self, counts: np.ndarray) -> list[list[float]]:
+        """The truncated-SVD basis (components x matrix columns) of the sparse training matrix."""
+        n = self.svd_components
+        columns = counts.shape[1]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < columns:
+            raise ConfigError(f"svd_components (compress.components for cluster-workflows, "
+                              f"data.source.matrix.svd_components for training): got {n!r}, expected an integer from 1 "
+                              f"to {columns - 1} (the error x site matrix has {columns} columns)")
+        svd = TruncatedSVD(n_components=n, random_state=self.seed).fit(sparse.csr_matrix(counts))
+        return svd.components_.tolist()
+
     @property
-    def feature_names(self) -> list[str]:
+    def matrix_names(self) -> list[str]:
+        """Names of the columns of the (uncompressed) error x site matrix."""
         codes = [str(c) for c in self.codes] + [OTHER]
         names = [f"{c}|{status}" for c in codes for status in ("good", "bad")]
         if self.per_site:
             names += [f"{c}@{s}" for c in codes for s in [*self.sites, OTHER]]
         return names
 
+    @property
+    def feature_names(self) -> list[str]:
+        if self.svd_basis:
+            return [f"svd{i}" for i in range(len(self.svd_basis))]
+        return self.matrix_names
+
     def transform(self, workflows: Sequence[Workflow]) -> np.ndarray:
         """Feature matrix of shape (len(workflows), len(feature_names)), float32."""
+        counts = self._counts(workflows)
+        if self.svd_basis:
+            counts = counts @ np.asarray(self.svd_basis, dtype=np.float64).T
+        return counts.astype(np.float32)
+
+    def _counts(self, workflows: Sequence[Workflow]) -> np.ndarray:
+        """The (log-scaled) error x site matrix, float64, before any compression."""
         n_codes = len(self.codes) + 1
         code_index = {c: i for i, c in enumerate(self.codes)}
         site_index = {s: i for i, s in enumerate(self.sites)}
         rows, codes, bad, sites, counts = self._flatten(workflows, code_index, site_index)
-        out = np.zeros((len(workflows), len(self.feature_names)), dtype=np.float64)
+        out = np.zeros((len(workflows), len(self.matrix_names)), dtype=np.float64)
         np.add.at(out, (rows, codes * 2 + bad), counts)
         if self.per_site:
             n_sites = len(self.sites) + 1
             np.add.at(out, (rows, 2 * n_codes + codes * n_sites + sites), counts)
         if self.log_scale:
             np.log1p(out, out=out)
-        return out.astype(np.float32)
+        return out
 
     @staticmethod
     def _flatten(
@@ -101,8 +138,11 @@ class WorkflowMatrix:
             "min_code_workflows": self.min_code_workflows,
             "max_codes": self.max_codes,
             "log_scale": self.log_scale,
+            "svd_components": self.svd_components,
+            "seed": self.seed,
             "codes": list(self.codes),
             "sites": list(self.sites),
+            "svd_basis": [list(row) for row in self.svd_basis],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -4,12 +4,18 @@ Each workflow has one dominant failure cause (sometimes two), which decides whic
 they sit at one or two (often bad) sites or spread over all sites the workflow ran at, and how an operator
 would most likely react. The action is drawn from that tendency and then flipped with `label_noise`, so the
 task is learnable but not trivial. Output follows :mod:`cmsdl.data.workflows`. Imports no torch.
+
+With ``snapshots=N`` it writes a weekly history instead (read by :mod:`cmsdl.data.workflow_history`): one document
+per week, named ``workflows-YYYY-MM-DD.json`` and holding ``"date"``; each week ``carry_over`` of the previous
+week's workflows are still failing (same name, causes and action, new errors and site statuses), the others are
+new, and the error pattern drifts: cause frequencies and site badness follow a log-normal random walk (``drift``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +97,24 @@ def _site_profile(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.
     return capacity / capacity.sum(), np.clip(p_bad, 0, 0.6), tracked
 
 
+@dataclass(frozen=True)
+class _Draft:
+    """What stays of a workflow from week to week: name, sites, causes, size, steps, and which sites are bad."""
+
+    name: str
+    sites: np.ndarray
+    bad: np.ndarray
+    causes: list[Cause]
+    scale: float
+    steps: tuple[str, ...]
+
+
+def _check_actions(actions: tuple[str, ...]) -> None:
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown or not actions:
+        raise ConfigError(f"actions: expected a subset of {ACTIONS}, got {list(actions)}")
+
+
 def simulate_workflows(
     n_workflows: int = 3000,
     seed: int = 1,
@@ -98,9 +122,7 @@ def simulate_workflows(
     actions: tuple[str, ...] = ("acdc", "clone", "kill"),
 ) -> dict[str, Any]:
     """A workflow document (see cmsdl.data.workflows) with `n_workflows` synthetic workflows."""
-    unknown = [a for a in actions if a not in ACTIONS]
-    if unknown or not actions:
-        raise ConfigError(f"actions: expected a subset of {ACTIONS}, got {list(actions)}")
+    _check_actions(actions)
     rng = np.random.default_rng(seed)
     share, p_bad, tracked = _site_profile(rng)
     workflows = [_workflow(i, rng, share, p_bad, tracked, label_noise, actions) for i in range(n_workflows)]
@@ -115,21 +137,86 @@ def _workflow(
     tracked: np.ndarray,
     label_noise: float,
     actions: tuple[str, ...],
+    cause_weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    return _with_action(_draft(index, rng, share, p_bad, cause_weights), rng, share, tracked, label_noise, actions)
+
+
+def _with_action(
+    draft: _Draft, rng: np.random.Generator, share: np.ndarray, tracked: np.ndarray, label_noise: float,
+    actions: tuple[str, ...],
+) -> dict[str, Any]:
+    record = _render(draft, rng, share, tracked)
+    record["action"] = _action(rng, draft.causes, float(draft.bad.mean()), label_noise, actions)
+    return record
+
+
+def _draft(
+    index: int, rng: np.random.Generator, share: np.ndarray, p_bad: np.ndarray, cause_weights: np.ndarray | None
+) -> _Draft:
     name = _workflow_name(index, rng)
     n_sites = int(rng.integers(2, 16))
     sites = rng.choice(len(SITES), size=n_sites, replace=False, p=share)
     bad = rng.random(n_sites) < p_bad[sites]
-    causes = _pick_causes(rng)
+    causes = _pick_causes(rng, cause_weights)
     scale = rng.lognormal(2.0, 1.0)
     steps = TASK_STEPS[: int(rng.integers(1, len(TASK_STEPS) + 1))]
+    return _Draft(name, sites, bad, causes, scale, steps)
+
+
+def _render(draft: _Draft, rng: np.random.Generator, share: np.ndarray, tracked: np.ndarray) -> dict[str, Any]:
+    """The workflow record (action still None): errors and site statuses of each task."""
     tasks = []
-    for step in steps:
-        errors = _task_errors(rng, causes, sites, bad, share, scale / len(steps))
-        status = {SITES[s]: ("bad" if b else "good") for s, b in zip(sites, bad) if tracked[s]}
-        tasks.append({"name": f"/{name}/{step}", "errors": errors, "site_status": status})
-    bad_share = float(bad.mean())
-    return {"name": name, "action": _action(rng, causes, bad_share, label_noise, actions), "tasks": tasks}
+    for step in draft.steps:
+        errors = _task_errors(rng, draft.causes, draft.sites, draft.bad, share, draft.scale / len(draft.steps))
+        status = {SITES[s]: ("bad" if b else "good") for s, b in zip(draft.sites, draft.bad) if tracked[s]}
+        tasks.append({"name": f"/{draft.name}/{step}", "errors": errors, "site_status": status})
+    return {"name": draft.name, "action": None, "tasks": tasks}
+
+
+def simulate_snapshots(
+    n_snapshots: int,
+    n_workflows: int = 3000,
+    seed: int = 1,
+    label_noise: float = 0.1,
+    actions: tuple[str, ...] = ("acdc", "clone", "kill"),
+    start_date: str = "2026-01-05",
+    carry_over: float = 0.5,
+    drift: float = 0.3,
+) -> list[dict[str, Any]]:
+    """`n_snapshots` weekly workflow documents with a "date", workflows carried over and a drifting error pattern."""
+    _check_actions(actions)
+    if not isinstance(n_snapshots, int) or n_snapshots < 1:
+        raise ConfigError(f"snapshots: got {n_snapshots!r}, expected a positive number of weekly files, or null")
+    if not 0 <= carry_over < 1:
+        raise ConfigError(f"carry_over: got {carry_over!r}, expected a share in [0, 1)")
+    try:
+        first = date.fromisoformat(str(start_date))
+    except ValueError:
+        raise ConfigError(f"start_date: got {start_date!r}, expected a date YYYY-MM-DD") from None
+    rng = np.random.default_rng(seed)
+    share, p_bad, tracked = _site_profile(rng)
+    weights = np.array([c.weight for c in CAUSES])
+    carried: list[tuple[_Draft, str]] = []
+    docs, next_index = [], 0
+    for week in range(n_snapshots):
+        if week:
+            weights = weights * rng.lognormal(0, drift, len(weights))
+            p_bad = np.clip(p_bad * rng.lognormal(0, drift, len(p_bad)), 0, 0.6)
+        records = []
+        for draft, action in carried:
+            moved = replace(draft, bad=rng.random(len(draft.sites)) < p_bad[draft.sites])
+            records.append((moved, {**_render(moved, rng, share, tracked), "action": action}))
+        while len(records) < n_workflows:
+            draft = _draft(next_index, rng, share, p_bad, weights)
+            records.append((draft, _with_action(draft, rng, share, tracked, label_noise, actions)))
+            next_index += 1
+        keep = rng.random(len(records)) < carry_over
+        carried = [(d, r["action"]) for (d, r), k in zip(records, keep) if k]
+        day = (first + timedelta(days=7 * week)).isoformat()
+        docs.append({"format": FORMAT, "date": day, "generator": {"name": "cmsdl simulate-workflows", "seed": seed,
+                     "week": week}, "workflows": [r for _, r in records]})
+    return docs
 
 
 def _workflow_name(index: int, rng: np.random.Generator) -> str:
@@ -138,8 +225,8 @@ def _workflow_name(index: int, rng: np.random.Generator) -> str:
     return f"pdmvserv_task_{pwg}-{campaign}-{index:05d}__v1_T_{date}_{rng.integers(100000, 999999)}_{index % 10000:04d}"
 
 
-def _pick_causes(rng: np.random.Generator) -> list[Cause]:
-    weights = np.array([c.weight for c in CAUSES])
+def _pick_causes(rng: np.random.Generator, cause_weights: np.ndarray | None = None) -> list[Cause]:
+    weights = np.array([c.weight for c in CAUSES]) if cause_weights is None else cause_weights
     first = int(rng.choice(len(CAUSES), p=weights / weights.sum()))
     if rng.random() < 0.3:
         second = int(rng.choice(len(CAUSES), p=weights / weights.sum()))
@@ -208,6 +295,8 @@ def write_simulated_workflows(cfg: Any) -> Path:
     """Simulate cfg.n_workflows workflows and write them to cfg.out, with the config beside it."""
     from cmsdl.io import write_config, write_json
 
+    if cfg.get("snapshots") is not None:
+        return write_simulated_snapshots(cfg)
     doc = simulate_workflows(cfg.n_workflows, cfg.seed, cfg.label_noise, tuple(cfg.actions))
     out = Path(cfg.out)
     write_json(out, doc, indent=None)
@@ -215,6 +304,21 @@ def write_simulated_workflows(cfg: Any) -> Path:
     actions = Counter(wf["action"] for wf in doc["workflows"])
     print(f"wrote {len(doc['workflows'])} workflows to {out} (actions: "
           + ", ".join(f"{a} {n}" for a, n in actions.most_common()) + ")")
+    return out
+
+
+def write_simulated_snapshots(cfg: Any) -> Path:
+    """Write cfg.snapshots weekly documents workflows-YYYY-MM-DD.json into the directory cfg.out."""
+    from cmsdl.io import write_config, write_json
+
+    docs = simulate_snapshots(cfg.snapshots, cfg.n_workflows, cfg.seed, cfg.label_noise, tuple(cfg.actions),
+                              cfg.start_date, cfg.carry_over, cfg.drift)
+    out = Path(cfg.out)
+    for doc in docs:
+        write_json(out / f"workflows-{doc['date']}.json", doc, indent=None)
+    write_config(out / "simulate.config.yaml", cfg)
+    print(f"wrote {len(docs)} weekly snapshots of {cfg.n_workflows} workflows to {out}/ "
+          f"({docs[0]['date']} to {docs[-1]['date']}, carry-over {cfg.carry_over:.0%})")
     return out
 
 

@@ -2,7 +2,10 @@
 
 Sites are collapsed into good/bad, so workflows with the same errors at different sites land together.
 Writes assignments.csv (workflow, cluster, action), clusters.json (per-cluster summary) and config.yaml.
-Imports no torch.
+With several snapshots in `input` (a directory or glob, see cmsdl.data.workflow_history) or with `history` set,
+k-means is refitted at every snapshot on the last `history` snapshots and the stability between consecutive fits
+goes to stability.csv, stability.json and stability.png; assignments and clusters are then those of the latest fit.
+With `compress.components`, k-means runs in a truncated-SVD space of the error x site matrix. Imports no torch.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from sklearn.metrics import silhouette_score
 
 from cmsdl.config import hydra_app
 from cmsdl.data.workflow_features import WorkflowMatrix
+from cmsdl.data.workflow_history import check_history, load_snapshots, snapshot_paths
 from cmsdl.data.workflow_sim import EXIT_CODES
 from cmsdl.data.workflows import Workflow, load_workflows
 from cmsdl.errors import ConfigError
 from cmsdl.io import atomic_write, write_config, write_json
+from cmsdl.tools.cluster_history import Fit, plot_stability, rolling_fits, write_stability_csv
 
 log = logging.getLogger(__name__)
 SILHOUETTE_SAMPLE = 3000
@@ -96,14 +101,56 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def cluster_workflows(cfg: DictConfig) -> dict[str, Any]:
-    """Cluster the workflows of cfg.input and write the results into cfg.out."""
-    workflows = load_workflows(cfg.input)
+def fit_workflows(workflows: list[Workflow], cfg: DictConfig) -> Fit:
+    """Feature pipeline (matrix, optional SVD) and k-means fitted on `workflows`."""
     if len(workflows) < 3:
         raise ConfigError(f"input: {cfg.input} has {len(workflows)} workflows; clustering needs at least 3")
-    matrix = WorkflowMatrix(**cfg.matrix).fit(workflows)
+    components = (cfg.get("compress") or {}).get("components")
+    matrix = WorkflowMatrix(**cfg.matrix, svd_components=components, seed=cfg.seed).fit(workflows)
     features = matrix.transform(workflows)
     result = kmeans(features, cfg.k, cfg.k_min, cfg.k_max, cfg.seed)
+    return Fit(workflows, matrix, features, result.labels, result.k, result.silhouette, result.scores)
+
+
+def cluster_workflows(cfg: DictConfig) -> dict[str, Any]:
+    """Cluster the workflows of cfg.input (one fit, or rolling fits over snapshots) and write them into cfg.out."""
+    history = check_history(cfg.get("history"))
+    paths = snapshot_paths(cfg.input)
+    if history is not None or len(paths) > 1:
+        return cluster_history(cfg, history or 1)
+    fit = fit_workflows(load_workflows(paths[0]), cfg)
+    report = write_clusters(cfg, fit)
+    print(f"{format_fit(fit, report)}\nwritten to {cfg.out}/")
+    return report
+
+
+def cluster_history(cfg: DictConfig, history: int) -> dict[str, Any]:
+    """Rolling fits over the snapshots of cfg.input, their stability, and the latest fit's clusters."""
+    snapshots = load_snapshots(cfg.input)
+    records, latest = rolling_fits(snapshots, history, lambda workflows: fit_workflows(workflows, cfg))
+    out = Path(cfg.out)
+    report = write_clusters(cfg, latest)
+    write_stability_csv(out / "stability.csv", records)
+    write_json(out / "stability.json", {"history": history, "fits": records})
+    plot_stability(out / "stability.png", records, history)
+    for r in records:
+        ari = "" if r.get("ari") is None else f", ARI vs previous fit {r['ari']:.3f} on {r['shared']} shared workflows"
+        print(f"{r['date']}: {len(r['snapshots'])} snapshot(s), {r['workflows']} workflows, k={r['k']}{ari}")
+    aris = [r["ari"] for r in records if r.get("ari") is not None]
+    if aris:
+        print(f"mean ARI between consecutive fits (history={history}): {np.mean(aris):.3f}")
+    print(f"latest fit ({records[-1]['date']}): {format_fit(latest, report)}\nwritten to {out}/")
+    return {**report, "history": history, "stability": records}
+
+
+def format_fit(fit: Fit, report: dict[str, Any]) -> str:
+    return (f"k-means on {len(fit.workflows)} workflows x {fit.features.shape[1]} features: k={fit.k}, "
+            f"silhouette={fit.silhouette:.3f}\n{format_summary(report['clusters'])}")
+
+
+def write_clusters(cfg: DictConfig, fit: Fit) -> dict[str, Any]:
+    """assignments.csv, clusters.json and config.yaml of one fit."""
+    workflows, features, result = fit.workflows, fit.features, fit
     summary = summarize(workflows, result.labels, cfg.top_codes)
     out = Path(cfg.out)
     with atomic_write(out / "assignments.csv") as handle:
@@ -113,8 +160,6 @@ def cluster_workflows(cfg: DictConfig) -> dict[str, Any]:
               "n_workflows": len(workflows), "n_features": features.shape[1], "clusters": summary}
     write_json(out / "clusters.json", report)
     write_config(out / "config.yaml", cfg)
-    print(f"k-means on {len(workflows)} workflows x {features.shape[1]} features: k={result.k}, "
-          f"silhouette={result.silhouette:.3f}\n{format_summary(summary)}\nwritten to {out}/")
     return report
 
 
