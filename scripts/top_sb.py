@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 from cmsdl.config import config_dir
 from cmsdl.data.root_table import RootTableDataModule
-from cmsdl.report import pyplot, save_figure
+from cmsdl.report import background_rejection, efficiency_curve, plot_rejection
 from cmsdl.tools.boosting import fit_boosting
 
 MODELS = {"mlp": ("top_sb", "MLP (128-128-64)"), "deepsets": ("top_sb_deepsets", "DeepSets over jets")}
@@ -45,7 +45,7 @@ def network_scores(work: Path, name: str, experiment: str, extra: list[str]) -> 
               f"run_name={name}", "callbacks.progress_bar.refresh_rate=0", *extra)
         trained = json.loads((logs / "train" / "runs" / name / "metrics.json").read_text())
         facts_file.write_text(json.dumps({"epochs": trained["epochs"], "minutes": (time.perf_counter() - start) / 60}))
-        cmsdl("eval", f"ckpt={trained['best_checkpoint']}", f"paths.log_dir={logs}", f"run_name={name}")
+        cmsdl("eval", f"ckpt={trained['best_checkpoint']}", f"paths.log_dir={logs}", f"run_name={name}", "signal=ttbar")
     with done.open() as handle:
         scores = {row["id"]: float(row["p_ttbar"]) for row in csv.DictReader(handle)}
     return scores, json.loads(facts_file.read_text())
@@ -74,16 +74,10 @@ def boosting_scores(work: Path) -> tuple[dict[str, float], np.ndarray, np.ndarra
     return dict(zip(ids, probs)), np.concatenate(ys), np.concatenate(ws), facts
 
 
-def plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for label, (fpr, tpr, auc) in curves.items():
-        ax.plot(tpr, np.maximum(fpr, 1e-5), label=f"{label} (AUC {auc:.3f})")
-    ax.set(xlabel="signal efficiency (ttbar)", ylabel="background efficiency (QCD, weighted)", yscale="log",
-           title="all-hadronic ttbar vs QCD multijet (test split)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    save_figure(fig, path)
+def plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, n_events: int) -> None:
+    """Signal efficiency vs background rejection (genWeight-weighted) of every model on the same test events."""
+    plot_rejection(curves, path, title=f"all-hadronic ttbar vs QCD multijet: test split, {n_events} events",
+                   weighted=True, signal_name="signal (ttbar)", background_name="background (QCD)")
 
 
 def main() -> None:
@@ -103,20 +97,21 @@ def main() -> None:
         scores, facts = network_scores(work, name, experiment, args.overrides)
         results[label] = ([scores[i] for i in ids], facts)
     curves = {}
-    rows = ["| Model | test AUC | test AUC, events weighted by genWeight | cost |", "|---|---|---|---|"]
+    rows = ["| Model | test AUC | test AUC, events weighted by genWeight | QCD rejection at 50% ttbar efficiency "
+            "(weighted) | cost |", "|---|---|---|---|---|"]
     for label, (scores, facts) in results.items():
-        fpr, tpr, _ = roc_curve(labels == 0, scores, sample_weight=weights)
         auc = roc_auc_score(labels == 0, scores)
-        weighted = roc_auc_score(labels == 0, scores, sample_weight=weights)
-        curves[label] = (fpr, tpr, weighted)
+        sig_eff, bkg_eff, weighted = efficiency_curve(np.asarray(scores), labels == 0, weights)
+        curves[label] = (sig_eff, bkg_eff, weighted)
         cost = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in facts.items())
-        rows.append(f"| {label} | {auc:.4f} | {weighted:.4f} | {cost} |")
+        rejection = background_rejection(sig_eff, bkg_eff, 0.5)
+        rows.append(f"| {label} | {auc:.4f} | {weighted:.4f} | {rejection:.1f} | {cost} |")
     png = args.out.with_suffix(".png")
-    plot(curves, png)
+    plot(curves, png, len(ids))
     text = (f"# ttbar vs QCD on synthetic NanoAOD ({args.events} events per process, {len(ids)} test events)\n\n"
             f"Written by `python scripts/top_sb.py --events {args.events} {' '.join(args.overrides)}` (CPU minutes on "
             "a 2-core machine). The networks train with the events' genWeight, every class normalised to the same "
-            "total; the ROC curves weight the test events the same way.\n\n"
+            "total; the ROC curves (signal efficiency vs background rejection) weight the test events the same way.\n\n"
             + "\n".join(rows) + f"\n\n![ROC curves]({png.name})\n")
     args.out.write_text(text)
     print(text)
