@@ -8,27 +8,24 @@ import sys
 import cmsdl
 from cmsdl.errors import closest
 
-# subcommand → (module, function, one-line help)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("cmsdl.train", "main", "train a model: cmsdl train experiment=workflow_actions trainer=gpu"),
-    "eval": ("cmsdl.evaluate", "main", "evaluate a checkpoint on a split, write metrics and plots: cmsdl eval ckpt=..."),
-    "simulate": ("cmsdl.hits.simulate", "main", "toy CMS tracker: simulate jpsi/qcd/higgs events into ROOT files of hits"),
-    "simulate-top": ("cmsdl.ntuple.simulate", "main", "toy NanoAOD: all-hadronic ttbar signal and QCD multijet background (ROOT)"),
-    "hits2png": ("cmsdl.hits.convert", "main", "render ROOT hits into PNG event images + manifest (chunked, parallel, resumable)"),
-    "simulate-workflows": ("cmsdl.data.workflow_sim", "main",
-                           "write synthetic CMS workflows with errors and actions (JSON)"),
-    "cluster-workflows": ("cmsdl.tools.cluster", "main", "k-means clusters of workflows with similar errors"),
-    "simulate-popularity": ("cmsdl.data.popularity_sim", "main",
-                            "write synthetic weekly dataset-access records per site (CSV)"),
-    "popularity": ("cmsdl.tools.popularity", "main",
-                   "rolling-window popularity prediction: DNN and baselines, AUC/FPR/FNR per week"),
-    "cache-sim": ("cmsdl.tools.cache_sim", "main", "site cache simulation: LRU, OPT, PPC, PPC100, SDC hit-rate curves"),
-    "simulate-transfers": ("cmsdl.data.transfer_sim", "main",
+# subcommand → (module of cmsdl.commands whose `main` is the Hydra app, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train a model: cmsdl train experiment=workflow_actions trainer=gpu"),
+    "eval": ("eval", "evaluate a checkpoint on a split, write metrics and plots: cmsdl eval ckpt=..."),
+    "simulate": ("simulate", "toy CMS tracker: simulate jpsi/qcd/higgs events into ROOT files of hits"),
+    "simulate-top": ("simulate_top", "toy NanoAOD: all-hadronic ttbar signal and QCD multijet background (ROOT)"),
+    "hits2png": ("hits2png", "render ROOT hits into PNG event images + manifest (chunked, parallel, resumable)"),
+    "simulate-workflows": ("simulate_workflows", "write synthetic CMS workflows with errors and actions (JSON)"),
+    "cluster-workflows": ("cluster_workflows", "k-means clusters of workflows with similar errors"),
+    "simulate-popularity": ("simulate_popularity", "write synthetic weekly dataset-access records per site (CSV)"),
+    "popularity": ("popularity", "rolling-window popularity prediction: DNN and baselines, AUC/FPR/FNR per week"),
+    "cache-sim": ("cache_sim", "site cache simulation: LRU, OPT, PPC, PPC100, SDC hit-rate curves"),
+    "simulate-transfers": ("simulate_transfers",
                            "write synthetic FTS-like transfer logs with latency classes (JSON records)"),
-    "k8s": ("cmsdl.k8s.app", "main", "run training on Kubernetes: cmsdl k8s render|submit|status|logs|delete ..."),
-    "export": ("cmsdl.export.exporter", "main", "checkpoint -> ONNX with embedded contract, after a parity check"),
-    "predict": ("cmsdl.predict", "main", "batch prediction with an exported model: files -> CSV/JSON"),
-    "serve": ("cmsdl.serve.app", "main", "REST service for a directory of ONNX models (TFaaS successor)"),
+    "k8s": ("k8s", "run training on Kubernetes: cmsdl k8s render|submit|status|logs|delete ..."),
+    "export": ("export", "checkpoint -> ONNX with embedded contract, after a parity check"),
+    "predict": ("predict", "batch prediction with an exported model: files -> CSV/JSON"),
+    "serve": ("serve", "REST service for a directory of ONNX models (TFaaS successor)"),
 }
 
 
@@ -54,7 +51,7 @@ def usage() -> str:
         "usage: cmsdl <command> [key=value ...] [--help] [-m]",
         "",
         "commands:",
-        *(f"  {name:<{width}}  {text}" for name, (_, _, text) in COMMANDS.items()),
+        *(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()),
         "",
         "Every command is a Hydra app: `cmsdl <command> --help` shows its config, `--cfg job` the composed one.",
     ]
@@ -81,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cmsdl: unknown command {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
               + f" (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    module, function, _ = COMMANDS[name]
-    app = getattr(importlib.import_module(module), function)
+    app = importlib.import_module(f"cmsdl.commands.{COMMANDS[name][0]}").main
     sys.argv = [f"cmsdl-{name}", *hoist_multirun_flag(apply_aliases(name, rest))]
     app()
     return 0

@@ -25,8 +25,13 @@ def config_dir() -> str:
     return str(Path(str(resources.files("cmsdl.configs"))).resolve())
 
 
-def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Turn `fn(cfg)` into a Hydra app on configs/<config_name>.yaml; a CmsdlError exits 2 with one line."""
+def hydra_app(config_name: str, prepare_argv: Callable[[list[str]], list[str]] | None = None,
+              ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Turn `fn(cfg)` into a Hydra app on configs/<config_name>.yaml; a CmsdlError exits 2 with one line.
+
+    `prepare_argv`, where a command has one, rewrites the command-line arguments before Hydra parses them
+    (`cmsdl k8s <action> ...` turns its action into `action=<action>`).
+    """
 
     def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @functools.wraps(fn)
@@ -38,7 +43,16 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 raise SystemExit(2) from None
 
         register_resolvers()
-        return hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)
+        app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)
+        if prepare_argv is None:
+            return app
+
+        @functools.wraps(fn)
+        def app_with_argv() -> Any:
+            sys.argv = [sys.argv[0], *prepare_argv(sys.argv[1:])]
+            return app()
+
+        return app_with_argv
 
     return wrap
 

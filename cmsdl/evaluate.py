@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from scipy.stats import ks_2samp
 
 from cmsdl.checkpoint import load_checkpoint, restore
-from cmsdl.config import hydra_app
 from cmsdl.errors import ConfigError
 from cmsdl.io import write_json
 from cmsdl.report import pyplot, save_figure, seed_table_cells, write_regression_report, write_report
@@ -97,8 +96,3 @@ def plot_overtraining(path: Path, train_probs: np.ndarray, train_labels: np.ndar
     ax.set(xlabel=f"P({class_names[score]})", ylabel="normalised entries", title=f"train vs {split} scores")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
-
-
-@hydra_app("eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)

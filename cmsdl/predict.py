@@ -23,7 +23,6 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
-from cmsdl.config import hydra_app
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.inference import InputError, Prediction, Predictor
 from cmsdl.io import atomic_write, loads_json, read_input_text
@@ -273,8 +272,3 @@ def predict(cfg: DictConfig) -> Path:
     write_predictions(out, ids, prediction)
     print(f"wrote {len(ids)} predictions to {out}")
     return out
-
-
-@hydra_app("predict")
-def main(cfg: DictConfig) -> None:
-    predict(cfg)

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401  registers hydra/launcher=k8s (also under editable installs)
 from cmsdl.callbacks import CheckpointOnSigterm, RunContext
 from cmsdl.checkpoint import safe_types, verified
-from cmsdl.config import check_values, hydra_app, instantiate_group, instantiate_logged, to_plain
+from cmsdl.config import check_values, instantiate_group, instantiate_logged, to_plain
 from cmsdl.io import write_config, write_json
 from cmsdl.models.classifier import output_size
 from cmsdl.runs import LAST_CKPT, checkpoint_to_resume
@@ -128,12 +128,3 @@ def print_next_steps(run_dir: Path, cfg: DictConfig) -> None:
     print(f"run directory: {shown}\n"
           f"next: cmsdl eval ckpt={shown}\n"
           f"      cmsdl export ckpt={shown} out=models/{name}.onnx")
-
-
-@hydra_app("train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the monitored metric so that sweepers can optimise it."""
-    summary = train(cfg)
-    print_next_steps(Path(summary["run_dir"]), cfg)
-    monitor = cfg.get("optimized_metric")
-    return summary["metrics"].get(monitor) if monitor else None

@@ -187,10 +187,3 @@ def write_simulated_popularity(cfg: Any) -> Path:
           f"{len(cfg.sites)} sites to {out}")
     print("\n".join(format_tier_table(tier_table(columns, rules))))
     return out
-
-
-def main() -> None:
-    from cmsdl.config import hydra_app
-
-    hydra_app("simulate_popularity")(write_simulated_popularity)()
-

@@ -142,9 +142,3 @@ def write_simulated_transfers(cfg: Any) -> Path:
     counts = Counter(classes)
     print(f"wrote {len(records)} transfer records to {out} (" + ", ".join(f"{c} {counts[c]}" for c in CLASSES) + ")")
     return out
-
-
-def main() -> None:
-    from cmsdl.config import hydra_app
-
-    hydra_app("simulate_transfers")(write_simulated_transfers)()

@@ -320,9 +320,3 @@ def write_simulated_snapshots(cfg: Any) -> Path:
     print(f"wrote {len(docs)} weekly snapshots of {cfg.n_workflows} workflows to {out}/ "
           f"({docs[0]['date']} to {docs[-1]['date']}, carry-over {cfg.carry_over:.0%})")
     return out
-
-
-def main() -> None:
-    from cmsdl.config import hydra_app
-
-    hydra_app("simulate_workflows")(write_simulated_workflows)()

@@ -374,9 +374,3 @@ def run(cfg: Any) -> None:
     summary = hits2png(cfg)
     if summary["files_failed"] or summary["events_failed"]:
         raise SystemExit(1)
-
-
-def main() -> None:
-    from cmsdl.config import hydra_app
-
-    hydra_app("hits2png")(run)()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cmsdl.config import hydra_app
 from cmsdl.errors import ConfigError, closest
 from cmsdl.io import atomic_write
 from cmsdl.k8s.cluster import Cluster
@@ -65,7 +64,6 @@ def print_status(state: dict) -> None:
         print(f"{pod['pod']:<56} {pod['rank']:>4}  {pod['phase'] or '?':<10} {pod['restarts']:>8}  {pod['node']}")
 
 
-@hydra_app("k8s")
 def run(cfg: DictConfig) -> None:
     """Do one action; render and submit build the manifests from cfg.k8s and the train overrides."""
     action, flavour = cfg.action, cfg.k8s.flavour
@@ -98,14 +96,11 @@ def run(cfg: DictConfig) -> None:
         print(f"deleted {', '.join(cluster.delete(cfg.k8s.name, flavour))} in namespace {cfg.k8s.namespace}")
 
 
-def main() -> None:
-    """Entry point of `cmsdl k8s`: the first argument is the action, the rest are split as described above."""
+def prepare_argv(args: list[str]) -> list[str]:
+    """`cmsdl k8s <action> ...` → Hydra's arguments for configs/k8s.yaml; the training overrides are kept aside."""
     global _train_overrides
-    prog, args = sys.argv[0], sys.argv[1:]
     if args and args[0].startswith("-"):  # --help, --cfg job, ...
-        sys.argv = [prog, *args]
-        run()
-        return
+        return args
     action = args[0] if args else ""
     if action not in ACTIONS:
         hint = closest(action, ACTIONS)
@@ -123,5 +118,4 @@ def main() -> None:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-    sys.argv = [prog, f"action={action}", *own]
-    run()
+    return [f"action={action}", *own]

@@ -449,9 +449,3 @@ def run(cfg: Any) -> list[Path]:
     paths = simulate_files(cfg)
     write_config(Path(cfg.out) / "simulate_top.config.yaml", cfg)
     return paths
-
-
-def main() -> None:
-    from cmsdl.config import hydra_app
-
-    hydra_app("simulate_top")(run)()

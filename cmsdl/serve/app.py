@@ -193,9 +193,3 @@ def summary(name: str, predictor: Predictor) -> dict[str, Any]:
     contract = predictor.contract
     return {"name": name, "task": contract.task, "kind": predictor.kind, "class_names": contract.class_names,
             "inputs": [spec.__dict__ for spec in contract.inputs]}
-
-
-def main() -> None:
-    from cmsdl.serve.server import main as serve_main
-
-    serve_main()

@@ -93,9 +93,3 @@ def serve(cfg: DictConfig) -> None:
                 limit_concurrency=connections.limit, backlog=connections.backlog,
                 timeout_keep_alive=connections.keep_alive_s,
                 h11_max_incomplete_event_size=int(connections.max_header_kb * 1024))
-
-
-def main() -> None:
-    from cmsdl.config import hydra_app
-
-    hydra_app("serve")(serve)()

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from cmsdl.config import hydra_app
 from cmsdl.data.popularity import LabelRule, PopularityTable, WeeklyTotals, load_popularity, weekly_totals
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.io import atomic_write, read_input_text, write_config, write_json
@@ -337,8 +336,3 @@ def print_report(site_rows: list[dict[str, Any]], curves: dict[str, list[dict[st
         c = checks[site]
         print(f"  OPT >= PPC100 >= PPC >= LRU at {c['ordered_sizes']}/{c['sizes']} sizes; "
               f"{c['below_max']}/{c['results']} hit rates <= max hit rate")
-
-
-@hydra_app("cache_sim")
-def main(cfg: DictConfig) -> None:
-    cache_sim(cfg)

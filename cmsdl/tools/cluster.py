@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from cmsdl.config import hydra_app
 from cmsdl.data.workflow_features import WorkflowMatrix
 from cmsdl.data.workflow_history import check_history, load_snapshots, snapshot_paths
 from cmsdl.data.workflow_sim import EXIT_CODES
@@ -161,8 +160,3 @@ def write_clusters(cfg: DictConfig, fit: Fit) -> dict[str, Any]:
     write_json(out / "clusters.json", report)
     write_config(out / "config.yaml", cfg)
     return report
-
-
-@hydra_app("cluster_workflows")
-def main(cfg: DictConfig) -> None:
-    cluster_workflows(cfg)

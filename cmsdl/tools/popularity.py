@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from cmsdl.config import hydra_app, instantiate_logged
+from cmsdl.config import instantiate_logged
 from cmsdl.data.popularity import LabelRule, load_popularity, weekly_totals
 from cmsdl.data.popularity_features import PopularitySamples, build_samples, feature_matrix, uncovered_per_week
 from cmsdl.errors import ConfigError
@@ -273,8 +273,3 @@ def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
     print_table(summary, windows)
     print(f"outputs in {out}: metrics.csv, summary.json, windows.png, predictions.csv")
     return summary
-
-
-@hydra_app("popularity")
-def main(cfg: DictConfig) -> None:
-    rolling_popularity(cfg)

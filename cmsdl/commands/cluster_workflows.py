@@ -1,0 +1,13 @@
+"""`cmsdl cluster-workflows`: k-means clusters of workflows with similar errors."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.tools.cluster import cluster_workflows
+
+
+@hydra_app("cluster_workflows")
+def main(cfg: DictConfig) -> None:
+    cluster_workflows(cfg)

@@ -1,0 +1,13 @@
+"""`cmsdl eval`: evaluate a checkpoint on a split, write metrics and plots."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.evaluate import evaluate
+
+
+@hydra_app("eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)

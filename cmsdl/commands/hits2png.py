@@ -1,0 +1,13 @@
+"""`cmsdl hits2png`: render ROOT hits into PNG event images and a manifest."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.hits.convert import run
+
+
+@hydra_app("hits2png")
+def main(cfg: DictConfig) -> None:
+    run(cfg)

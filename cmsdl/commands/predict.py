@@ -1,0 +1,13 @@
+"""`cmsdl predict`: batch prediction with an exported model, files -> CSV/JSON or scores into ROOT."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.predict import predict
+
+
+@hydra_app("predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)

@@ -1,0 +1,13 @@
+"""`cmsdl serve`: REST service for a directory of ONNX models."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.serve.server import serve
+
+
+@hydra_app("serve")
+def main(cfg: DictConfig) -> None:
+    serve(cfg)

@@ -1,0 +1,13 @@
+"""`cmsdl simulate`: toy CMS tracker events (jpsi/qcd/higgs) into ROOT files of hits."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.hits.simulate import run
+
+
+@hydra_app("simulate")
+def main(cfg: DictConfig) -> None:
+    run(cfg)

@@ -1,0 +1,13 @@
+"""`cmsdl simulate-popularity`: synthetic weekly dataset-access records per site (CSV)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.data.popularity_sim import write_simulated_popularity
+
+
+@hydra_app("simulate_popularity")
+def main(cfg: DictConfig) -> None:
+    write_simulated_popularity(cfg)

@@ -1,0 +1,13 @@
+"""`cmsdl simulate-top`: toy NanoAOD, all-hadronic ttbar signal and QCD multijet background."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.ntuple.simulate import run
+
+
+@hydra_app("simulate_top")
+def main(cfg: DictConfig) -> None:
+    run(cfg)

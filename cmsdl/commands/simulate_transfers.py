@@ -1,0 +1,13 @@
+"""`cmsdl simulate-transfers`: synthetic FTS-like transfer logs (JSON records)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.data.transfer_sim import write_simulated_transfers
+
+
+@hydra_app("simulate_transfers")
+def main(cfg: DictConfig) -> None:
+    write_simulated_transfers(cfg)

@@ -1,0 +1,13 @@
+"""`cmsdl simulate-workflows`: synthetic CMS workflows with errors and actions (JSON)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from cmsdl.config import hydra_app
+from cmsdl.data.workflow_sim import write_simulated_workflows
+
+
+@hydra_app("simulate_workflows")
+def main(cfg: DictConfig) -> None:
+    write_simulated_workflows(cfg)
