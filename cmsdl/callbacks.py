@@ -10,20 +10,32 @@ from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import cmsdl
 
 CHECKPOINT_KEY = "cmsdl"
+PARITY_SPLITS = ("test", "val")  # where the parity samples come from: the test split, else the validation split
+PARITY_SAMPLES = 64  # the largest batch size of the export's parity check
+PARITY_MAX_BYTES = 4 << 20  # fewer samples where 64 would be larger (3x64x64 uint8 images: 64 take 0.75 MiB)
 log = logging.getLogger(__name__)
 
 
 class RunContext(pl.Callback):
-    """Stores the resolved run config and the data preprocessing in every checkpoint, for eval and export."""
+    """Stores the resolved run config, the data preprocessing and a few model-ready inputs (the parity samples, a
+    plain tensor) in every checkpoint: eval needs the data, export does not."""
 
     def __init__(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> None:
         self.config = config
         self.preprocessing = preprocessing
+        self.parity_inputs: torch.Tensor | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "split_loader"):
+            with torch.random.fork_rng(devices=[]):  # a loader draws a seed: training's random stream stays as it was
+                self.parity_inputs = split_samples(datamodule, PARITY_SAMPLES, PARITY_MAX_BYTES)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {
@@ -31,6 +43,29 @@ class RunContext(pl.Callback):
             "config": self.config,
             "preprocessing": self.preprocessing,
         }
+        if self.parity_inputs is not None:
+            checkpoint[CHECKPOINT_KEY]["parity_inputs"] = self.parity_inputs
+
+
+def split_samples(datamodule: Any, n: int, max_bytes: int | None = None) -> torch.Tensor | None:
+    """Up to n model inputs (fewer where they would pass max_bytes, but at least 2) from the first of PARITY_SPLITS
+    that has rows, in the data's dtype: uint8 images (the networks scale them), float32 features otherwise.
+
+    A compact copy, so that saving it writes these rows only, never the batch they were cut from; None without rows.
+    """
+    for split in PARITY_SPLITS:
+        rows: list[torch.Tensor] = []
+        for batch in datamodule.split_loader(split):
+            rows.append(batch[0])
+            if sum(len(r) for r in rows) >= n:
+                break
+        if rows:
+            samples = torch.cat(rows)
+            samples = samples if samples.dtype == torch.uint8 else samples.float()
+            if max_bytes is not None:
+                n = min(n, max(2, max_bytes // max(1, samples[0].nbytes)))
+            return samples[:n].cpu().clone()
+    return None
 
 
 class CheckpointOnSigterm(pl.Callback):

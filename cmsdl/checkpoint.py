@@ -1,5 +1,6 @@
 """Checkpoints written by `cmsdl train`: find one (a file or a run directory), load it without running code, check
-it, and restore the datamodule and model it stores (for eval and export; training resumes through `verified`).
+it, and restore the datamodule and model it stores (for eval and export; training resumes through `verified`), or
+the model and its parity samples alone (for export, without the training data).
 
 Loading is `torch.load(weights_only=True)`: tensors, plain containers and numbers, plus the few types on
 SAFE_GLOBALS. A pickle that asks for anything else (a `__reduce__` that calls a function) is refused before any of
@@ -173,6 +174,28 @@ def restore(checkpoint: dict[str, Any], data_overrides: DictConfig | None = None
     datamodule.load_state_dict(context["preprocessing"])
     with working_directory(run_cfg.get("paths", {}).get("root_dir")):
         datamodule.setup()
-    model = instantiate_logged(run_cfg.model, "model")
+    return datamodule, restore_model(checkpoint)
+
+
+def restore_model(checkpoint: dict[str, Any]) -> pl.LightningModule:
+    """The trained model stored in a checkpoint, in eval mode (its config is complete: no data is read)."""
+    model = instantiate_logged(OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"]).model, "model")
     model.load_state_dict(checkpoint["state_dict"])
-    return datamodule, model.eval()
+    return model.eval()
+
+
+def parity_inputs(checkpoint: dict[str, Any], path: str | Path) -> torch.Tensor | None:
+    """The model-ready inputs that `cmsdl train` stored for the export's parity check; None in a checkpoint written
+    before they were stored."""
+    context = checkpoint[CHECKPOINT_KEY]
+    samples = context.get("parity_inputs") if isinstance(context, dict) else None
+    if samples is None:
+        return None
+    if not isinstance(samples, torch.Tensor):
+        found = type(samples).__name__
+    elif samples.ndim < 2 or len(samples) == 0 or samples.dtype not in (torch.uint8, torch.float32):
+        found = f"a {samples.dtype} tensor of shape {list(samples.shape)}"
+    else:
+        return samples
+    raise CheckpointError(f"ckpt: {path}: '{CHECKPOINT_KEY}.parity_inputs' is {found}, expected a uint8 or float32 "
+                          "tensor [samples, ...] with at least one sample")

@@ -4,6 +4,7 @@ checkpoint: for `cmsdl eval`, `cmsdl export` and `cmsdl train ... resume=true`, 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmsdl.checkpoint import CheckpointError, best_in_run, load_checkpoint
+from cmsdl.callbacks import split_samples
+from cmsdl.checkpoint import CheckpointError, best_in_run, load_checkpoint, parity_inputs
 from cmsdl.cli import main
 from conftest import train_args
 
@@ -173,3 +175,43 @@ def test_which_checkpoint_a_run_directory_gives(tmp_path: Path) -> None:
     assert best_in_run(killed) == (killed / "checkpoints" / "last.ckpt", "its last checkpoint")
     with pytest.raises(CheckpointError, match=r"ckpt: .*empty is a directory but not a run of `cmsdl train`"):
         best_in_run(make_run(tmp_path / "empty", None, ()))
+
+
+class Splits:
+    """A datamodule's split_loader over in-memory batches (image-sized uint8 or float64 features)."""
+
+    def __init__(self, **splits: list[torch.Tensor]) -> None:
+        self.splits = splits
+
+    def split_loader(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(x, torch.zeros(len(x))) for x in self.splits.get(name, [])]
+
+
+def test_parity_samples_are_a_compact_capped_copy_of_the_first_split_with_rows(tmp_path: Path) -> None:
+    """A view of a 256-image batch would save all 256 images: the stored tensor owns only its own rows."""
+    images = [torch.randint(0, 256, (256, 3, 64, 64), dtype=torch.uint8) for _ in range(2)]
+    samples = split_samples(Splits(test=images, val=[images[1]]), 64, 4 << 20)
+    assert samples.dtype == torch.uint8 and samples.shape == (64, 3, 64, 64)
+    assert torch.equal(samples, images[0][:64]) and samples.untyped_storage().nbytes() == samples.nbytes
+    torch.save({"parity_inputs": samples}, tmp_path / "s.pt")
+    assert (tmp_path / "s.pt").stat().st_size < samples.nbytes + 10_000
+    assert len(split_samples(Splits(test=images), 64, 10 * 3 * 64 * 64)) == 10, "capped by bytes"
+    assert len(split_samples(Splits(test=images), 64, 1)) == 2, "never fewer than 2 (tracing takes a batch of 2)"
+    features = [torch.rand(5, 4, dtype=torch.float64), torch.rand(5, 4, dtype=torch.float64)]
+    from_val = split_samples(Splits(test=[], val=features), 8, 4 << 20)
+    assert from_val.dtype == torch.float32 and torch.equal(from_val, torch.cat(features)[:8].float())
+    assert split_samples(Splits(), 8) is None
+
+
+@pytest.mark.parametrize("stored, found", [
+    ([[1.0, 2.0]], "list"),
+    (torch.zeros(3, dtype=torch.int64), "a torch.int64 tensor of shape [3]"),
+    (torch.zeros(0, 4), "a torch.float32 tensor of shape [0, 4]"),
+])
+def test_malformed_parity_samples_are_one_error_line(stored: object, found: str, tmp_path: Path) -> None:
+    torch.save({"state_dict": {}, "cmsdl": {"parity_inputs": stored}}, tmp_path / "m.ckpt")
+    with pytest.raises(CheckpointError, match=rf"m.ckpt: 'cmsdl.parity_inputs' is {re.escape(found)}, expected a "
+                                              r"uint8 or float32 tensor"):
+        parity_inputs(load_checkpoint(tmp_path / "m.ckpt"), tmp_path / "m.ckpt")
+    torch.save({"state_dict": {}, "cmsdl": {}}, tmp_path / "old.ckpt")
+    assert parity_inputs(load_checkpoint(tmp_path / "old.ckpt"), tmp_path / "old.ckpt") is None

@@ -3,9 +3,10 @@
 The exported graph is the network plus its output activation (class probabilities, or the regression
 prediction), with a dynamic batch axis. The checkpoint's preprocessing goes into the ONNX metadata
 (see cmsdl.inference.metadata). Before the file appears, onnx.checker runs and onnxruntime's outputs are
-compared with PyTorch's on real samples of the test split at several batch sizes; past the tolerance the
-export fails and writes nothing. Optional siblings: fp16 and dynamic-int8 models; `optimize` applies onnxruntime's
-offline graph optimisation. All files are written together at the end, or none.
+compared with PyTorch's at several batch sizes on real samples of the test split, which `cmsdl train` stores in
+the checkpoint (so the training data need not be readable); past the tolerance the export fails and writes
+nothing. Optional siblings: fp16 and dynamic-int8 models; `optimize` applies onnxruntime's offline graph
+optimisation. All files are written together at the end, or none.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import cmsdl
-from cmsdl.callbacks import CHECKPOINT_KEY
-from cmsdl.config import hydra_app
+from cmsdl.callbacks import CHECKPOINT_KEY, split_samples
+from cmsdl.checkpoint import load_checkpoint, parity_inputs, resolve_checkpoint, restore, restore_model
 from cmsdl.errors import CmsdlError, ConfigError
-from cmsdl.checkpoint import load_checkpoint, resolve_checkpoint, restore
 from cmsdl.inference.metadata import ModelContract, TensorSpec
 from cmsdl.io import atomic_write
 
@@ -83,18 +83,22 @@ def task_of(model: nn.Module) -> str:
 def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
     """Up to n real model inputs from the test split (the val split if test is empty), in the data's dtype
     (float32 features; uint8 images, which the image networks scale themselves, so the graph takes raw pixels)."""
-    rows = []
-    for split in ("test", "val"):
-        for batch in datamodule.split_loader(split):
-            rows.append(batch[0])
-            if sum(len(r) for r in rows) >= n:
-                break
-        if rows:
-            break
-    if not rows:
+    samples = split_samples(datamodule, n)
+    if samples is None:
         raise CmsdlError("export: the checkpoint's data has no test or validation samples for the parity check")
-    samples = torch.cat(rows)[:n]
-    return samples if samples.dtype == torch.uint8 else samples.float()
+    return samples
+
+
+def model_and_samples(checkpoint: dict[str, Any], ckpt: Path, cfg: DictConfig) -> tuple[nn.Module, torch.Tensor]:
+    """The trained model and up to parity.samples inputs for the parity check: those stored in the checkpoint, or,
+    for a checkpoint without them (or when `data` overrides say where to read them), from the checkpoint's data."""
+    stored = parity_inputs(checkpoint, ckpt)
+    if stored is not None and not cfg.get("data"):
+        return restore_model(checkpoint), stored[: cfg.parity.samples]
+    if stored is None:
+        print(f"export: {ckpt} holds no parity samples (written by an older cmsdl): reading them from its data")
+    datamodule, model = restore(checkpoint, cfg.get("data"))
+    return model, sample_inputs(datamodule, cfg.parity.samples)
 
 
 def build_contract(checkpoint: dict[str, Any], model: nn.Module, samples: torch.Tensor, ckpt_path: str) -> ModelContract:
@@ -235,8 +239,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     out = check_options(cfg)
     ckpt = resolve_checkpoint(cfg.ckpt)
     checkpoint = load_checkpoint(ckpt)
-    datamodule, model = restore(checkpoint, cfg.get("data"))
-    samples = sample_inputs(datamodule, cfg.parity.samples)
+    model, samples = model_and_samples(checkpoint, ckpt, cfg)
     graph = InferenceGraph(model).eval()
     contract = build_contract(checkpoint, model, samples, str(ckpt))
     fp32 = step(f"ONNX conversion (opset={cfg.opset})", to_onnx, graph, samples[:2], contract, cfg.opset)
@@ -309,8 +312,3 @@ def write_together(files: dict[Path, bytes]) -> None:
         raise
     for tmp, target in staged:
         os.replace(tmp, target)
-
-
-@hydra_app("export")
-def main(cfg: DictConfig) -> None:
-    export(cfg)
