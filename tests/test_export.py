@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cmsdl.config import compose_run_config
 from cmsdl.checkpoint import load_checkpoint, restore
+from cmsdl.config import compose_run_config
 from cmsdl.export.exporter import InferenceGraph, ParityError, export
 from cmsdl.inference import Predictor
 
@@ -87,6 +88,74 @@ def test_parity_failure_names_the_difference_and_writes_nothing(tmp_path: Path, 
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_the_checkpoint_stores_64_preprocessed_rows_of_the_test_split(trained_checkpoint: Path) -> None:
+    checkpoint = load_checkpoint(trained_checkpoint)
+    datamodule, _ = restore(checkpoint)
+    test_rows = torch.cat([b[0] for b in datamodule.split_loader("test")])
+    stored = checkpoint["cmsdl"]["parity_inputs"]
+    assert stored.dtype == torch.float32 and torch.equal(stored, test_rows[:64])
+
+
+def with_data_moved_away(trained_checkpoint: Path, path: Path) -> Path:
+    """A copy of the checkpoint whose training data file no longer exists."""
+    checkpoint = load_checkpoint(trained_checkpoint)
+    checkpoint["cmsdl"]["config"]["data"]["source"]["path"] = str(path.with_name("deleted.json"))
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_export_reads_no_data(tmp_path: Path, trained_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "m.onnx"
+    status, stderr = run_export(capsys, f"ckpt={with_data_moved_away(trained_checkpoint, tmp_path / 'c.ckpt')}",
+                                f"out={out}")
+    assert status == 0, stderr[-2000:]
+    report = json.loads((tmp_path / "m.export.json").read_text())
+    assert report["parity"]["samples"] == 64 and set(report["parity"]["max_abs_diff"]) == {"1", "7", "64"}
+    assert Predictor(out).contract.class_names == ["acdc", "clone"]
+
+
+@pytest.mark.slow
+def test_export_as_the_readme_writes_it_with_the_training_data_deleted(tmp_path: Path, workflows_file: Path) -> None:
+    from conftest import run_cmsdl, train_args
+
+    data = tmp_path / "workflows.json"
+    shutil.copy(workflows_file, data)
+    run_cmsdl(*train_args(data, tmp_path / "logs", "trainer.max_epochs=1", "run_name=wf1"), cwd=tmp_path)
+    data.unlink()
+    (tmp_path / "models").mkdir()
+    proc = run_cmsdl("export", "ckpt=logs/train/runs/wf1", "out=models/workflow_actions.onnx", cwd=tmp_path)
+    assert "no parity samples" not in proc.stdout
+    report = json.loads((tmp_path / "models" / "workflow_actions.export.json").read_text())
+    assert report["parity"]["samples"] == 64 and max(report["parity"]["max_abs_diff"].values()) <= 1e-4
+
+
+def without_parity_samples(trained_checkpoint: Path, path: Path) -> Path:
+    """A copy of the checkpoint as cmsdl wrote it before parity samples were stored."""
+    checkpoint = load_checkpoint(trained_checkpoint)
+    del checkpoint["cmsdl"]["parity_inputs"]
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_checkpoint_without_parity_samples_reads_them_from_its_data(tmp_path: Path, trained_checkpoint: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    old = without_parity_samples(trained_checkpoint, tmp_path / "old.ckpt")
+    report = export(compose_run_config("export", [f"ckpt={old}", f"out={tmp_path / 'm.onnx'}", "parity.samples=100"]))
+    assert f"export: {old} holds no parity samples (written by an older cmsdl): reading them from its data\n" in \
+        capsys.readouterr().out
+    assert report["parity"]["samples"] == 100 and (tmp_path / "m.onnx").is_file()
+
+
+def test_without_parity_samples_and_without_data_export_fails_in_one_line(tmp_path: Path, trained_checkpoint: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    old = without_parity_samples(with_data_moved_away(trained_checkpoint, tmp_path / "c.ckpt"), tmp_path / "old.ckpt")
+    status, stderr = run_export(capsys, f"ckpt={old}", f"out={tmp_path / 'm.onnx'}")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert status == 2 and "Traceback" not in stderr and len(errors) == 1, stderr[-2000:]
+    assert str(tmp_path / "deleted.json") in errors[0]
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_a_foreign_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     fake = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, fake)
@@ -98,8 +167,8 @@ def test_a_foreign_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_regression_model_evaluates_exports_and_predicts_raw_records(tmp_path: Path) -> None:
-    from cmsdl.data.transfer_sim import simulate_transfers, write_log
-    from cmsdl.data.transfers import read_transfer_log
+    from cmsdl.features.transfers.records import read_transfer_log
+    from cmsdl.sim.transfers import simulate_transfers, write_log
     from conftest import run_cmsdl
 
     log_file = write_log(tmp_path / "transfers.log", simulate_transfers(800, seed=5)[0])
