@@ -5,6 +5,7 @@ the popularity windows plot with integer weeks and spelled-out rates."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,25 @@ def test_popularity_windows_plot_has_integer_weeks_and_spelled_out_rates(tmp_pat
     ticks = [t for ax in axes for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     assert (tmp_path / "windows.png").is_file()
+
+
+@pytest.mark.slow
+def test_eval_of_a_weighted_signal_vs_background_run(tmp_path: Path) -> None:
+    """`cmsdl eval signal=ttbar` on a genWeight-weighted ROOT-table run: the signal's weighted ROC and training curves."""
+    from cmsdl.sim.nanoaod import simulate_events, write_root
+    from conftest import run_cmsdl
+
+    for i, process in enumerate(("ttbar", "qcd")):
+        write_root(tmp_path / "data" / "top" / f"{process}_000.root", simulate_events(process, 400, seed=i))
+    run_cmsdl("train", "experiment=top_sb", f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path / 'logs'}",
+              "run_name=sb", "trainer=cpu", "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0", cwd=tmp_path)
+    bad = run_cmsdl("eval", f"ckpt={tmp_path / 'logs/train/runs/sb'}", "signal=tt", f"paths.log_dir={tmp_path / 'logs'}",
+                    "run_name=bad", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "signal: 'tt' is not a class of this model" in bad.stderr
+    run_cmsdl("eval", f"ckpt={tmp_path / 'logs/train/runs/sb'}", "signal=ttbar", f"paths.log_dir={tmp_path / 'logs'}",
+              "run_name=sb", cwd=tmp_path)
+    out = tmp_path / "logs" / "eval" / "runs" / "sb"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["signal"] == "ttbar" and metrics["weighted"] is True and 0.5 < metrics["auroc_signal"] <= 1
+    assert set(metrics["background_rejection"]) == {"0.3", "0.5", "0.7"}
+    assert {"roc.png", "confusion.png", "training_curves.png"} <= {p.name for p in out.iterdir()}
