@@ -171,7 +171,8 @@ def test_balance_weights_and_oversample_use_the_training_split(workflows_file: P
     batches = list(weighted.train_dataloader())
     y, w = np.concatenate([b[1].numpy() for b in batches]), np.concatenate([b[2].numpy() for b in batches])
     assert w[y == 1].sum() == pytest.approx(w[y == 0].sum(), rel=1e-4) and w[y == 1][0] > w[y == 0][0]
-    assert all(len(b) == 2 for b in weighted.split_loader("test")), "only training rows carry weights"
+    assert all(len(b) == 2 for split in ("train", "test") for b in weighted.split_loader(split)), \
+        "only the training loader carries class weights (eval of the train split does not)"
     oversampled = datamodule(workflows_file, "oversample")
     drawn, _ = training_labels(oversampled)
     assert len(drawn) == len(labels) and 0.43 < drawn.mean() < 0.57

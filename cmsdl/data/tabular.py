@@ -158,9 +158,6 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
         self.records = records
         self.split_rows = {"train": train, "val": val, "test": test}
         self.splits = {name: BatchTensors(x[rows], y[rows]) for name, rows in self.split_rows.items()}
-        if self.balance == "weights":
-            weights = torch.from_numpy(class_weights(labels[train]).astype(np.float32))
-            self.splits["train"] = BatchTensors(x[train], y[train], weights)
         log.info(
             "tabular data: %d features, train/val/test = %d/%d/%d, classes %s",
             x.shape[1], len(train), len(val), len(test), self.class_names,
@@ -206,6 +203,7 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
         self.setup()
         data = self.splits[name]
         if shuffle:
+            data = self._training_data(data)
             order = self._training_order(data)
             batches = BatchSampler(order, self.batch_size, drop_last=False)
         else:
@@ -218,6 +216,13 @@ class TabularDataModule(SplitLoaders, pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _training_data(self, data: BatchTensors) -> BatchTensors:
+        """The training rows; with balance=weights each carries its class weight (only in the training loader)."""
+        if self.balance != "weights":
+            return data
+        weights = torch.from_numpy(class_weights(data.labels.numpy()).astype(np.float32))
+        return BatchTensors(data.features, data.labels, weights)
 
     def _training_order(self, data: BatchTensors) -> RandomSampler | WeightedRandomSampler:
         """Shuffled rows; with balance=oversample, rows drawn with replacement so every class is equally likely."""
