@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +41,20 @@ def train_and_export(root: Path, model: str) -> tuple[Path, Path]:
               "data.progress=false", cwd=root)
     summary = json.loads((root / "logs" / "train" / "runs" / model / "metrics.json").read_text())
     out = root / f"{model}.onnx"
-    run_cmsdl("export", f"ckpt={summary['best_checkpoint']}", f"out={out}", "parity.samples=16", cwd=root)
+    with png_folder_away(root / "img"):  # the checkpoint carries its parity samples
+        run_cmsdl("export", f"ckpt={summary['best_checkpoint']}", f"out={out}", "parity.samples=16", cwd=root)
     return Path(summary["best_checkpoint"]), out
+
+
+@contextmanager
+def png_folder_away(folder: Path) -> Iterator[None]:
+    """Run a block with the PNG folder (images, manifest, decoded cache) unreadable at its path."""
+    away = folder.with_name(f"{folder.name}.away")
+    folder.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(folder)
 
 
 def check_family(root: Path, model: str) -> None:
@@ -48,8 +63,11 @@ def check_family(root: Path, model: str) -> None:
     spec = predictor.contract.input
     assert spec.name == "images" and spec.dtype == "uint8" and spec.shape == ["batch", 2, 24, 24]
     assert predictor.contract.class_names == ["higgs", "jpsi", "qcd"]
-    datamodule, net = restore(load_checkpoint(ckpt))
+    checkpoint = load_checkpoint(ckpt)
+    datamodule, net = restore(checkpoint)
     x = torch.cat([b[0] for b in datamodule.split_loader("test")])
+    stored = checkpoint["cmsdl"]["parity_inputs"]
+    assert stored.dtype == torch.uint8 and torch.equal(stored, x[:64]), "the parity samples are test images"
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     for size in (1, 7, len(x)):
         with torch.no_grad():
@@ -66,6 +84,22 @@ def test_resnet34_exports_and_matches_pytorch(image_set: Path) -> None:
 @pytest.mark.parametrize("model", ["resnet50", "resnet50_modified"])
 def test_resnet50_families_export_and_match_pytorch(image_set: Path, model: str) -> None:
     check_family(image_set, model)
+
+
+@pytest.mark.slow
+def test_export_as_the_readme_writes_it_with_the_png_folder_deleted(image_set: Path, tmp_path: Path) -> None:
+    shutil.copytree(image_set / "img", tmp_path / "img", ignore=shutil.ignore_patterns(".cache"))
+    run_cmsdl("train", "experiment=event_3class", "model=resnet34", "data.manifest=img/manifest.csv",
+              "paths.log_dir=logs", "run_name=ev1", "trainer=cpu", "trainer.max_epochs=1",
+              "trainer.limit_train_batches=2", "data.batch_size=8", "callbacks.progress_bar.refresh_rate=0",
+              "data.progress=false", cwd=tmp_path)
+    shutil.rmtree(tmp_path / "img")
+    (tmp_path / "models").mkdir()
+    proc = run_cmsdl("export", "ckpt=logs/train/runs/ev1", "out=models/event_3class.onnx", cwd=tmp_path)
+    assert "no parity samples" not in proc.stdout
+    report = json.loads((tmp_path / "models" / "event_3class.export.json").read_text())
+    assert report["contract"]["cmsdl.inputs"][0]["dtype"] == "uint8"
+    assert max(report["parity"]["max_abs_diff"].values()) <= 1e-4
 
 
 def test_predictor_takes_pngs_and_raw_hits_alike(image_set: Path) -> None:
