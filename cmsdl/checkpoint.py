@@ -104,12 +104,40 @@ def damaged(path: Path, err: Exception) -> CheckpointError:
                            f"{type(err).__name__}: {first_sentence})")
 
 
+# Modules that moved (issue 17): `_target_`s in the configs of checkpoints written before are read at the new place.
+RENAMED_MODULES: dict[str, str] = {
+    "cmsdl.data.workflow_features": "cmsdl.features.workflows.source",
+    "cmsdl.data.workflows": "cmsdl.features.workflows.records",
+    "cmsdl.data.transfer_features": "cmsdl.features.transfers.source",
+    "cmsdl.data.transfers": "cmsdl.features.transfers.records",
+    "cmsdl.data.popularity_features": "cmsdl.features.popularity.source",
+    "cmsdl.data.popularity": "cmsdl.features.popularity.records",
+    "cmsdl.data.splits": "cmsdl.data.base",
+}
+
+
+def renamed_targets(config: Any) -> Any:
+    """The config with every `_target_` of a moved module pointing at its new module (in place; also returned)."""
+    if isinstance(config, dict):
+        target = config.get("_target_")
+        if isinstance(target, str):
+            module, _, name = target.rpartition(".")
+            config["_target_"] = f"{RENAMED_MODULES.get(module, module)}.{name}" if module else target
+        for value in config.values():
+            renamed_targets(value)
+    elif isinstance(config, list):
+        for value in config:
+            renamed_targets(value)
+    return config
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A cmsdl checkpoint as a dict, from its file or its run directory; anything else raises CheckpointError."""
     path = resolve_checkpoint(path)
     checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise CheckpointError(f"ckpt: {path} was not written by `cmsdl train` (no '{CHECKPOINT_KEY}' entry)")
+    renamed_targets(checkpoint[CHECKPOINT_KEY].get("config"))
     return checkpoint
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cmsdl.errors import CmsdlError, ConfigError
 from cmsdl.runs import register_resolvers
@@ -117,9 +117,12 @@ def instantiate_group(cfg: DictConfig | None, what: str) -> list[Any]:
     return [instantiate_logged(entry, f"{what}.{name}") for name, entry in cfg.items() if "_target_" in entry]
 
 
-def to_plain(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain, fully resolved Python containers (for checkpoints and JSON)."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+def to_plain(cfg: Any) -> Any:
+    """A config (or any part of one) as plain, fully resolved Python containers, for checkpoints, JSON and
+    manifests; plain values pass through unchanged."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return cfg
 
 
 def compose_run_config(name: str, overrides: list[str], output_dir: str | Path | None = None) -> DictConfig:

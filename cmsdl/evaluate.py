@@ -18,12 +18,12 @@ from omegaconf import DictConfig
 from scipy.stats import ks_2samp
 
 from cmsdl.checkpoint import load_checkpoint, restore
+from cmsdl.data.base import SPLITS
 from cmsdl.errors import ConfigError
 from cmsdl.io import write_json
 from cmsdl.report import pyplot, save_figure, seed_table_cells, write_regression_report, write_report
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Inputs, by file type: ``.json`` records in the training data's format (e.g. a workflow document), ``.csv``
 raw feature rows with a header of feature names, ``.npy`` model-ready tensors, ``.png`` files or folders of
 them for image models, ``.root`` files or root:// / https:// URLs for models trained on ROOT tables (scores go
-to one file per input, cmsdl/ntuple/scores.py). Several files or globs may be given. Runs on cmsdl.inference
+to one file per input, cmsdl/inference/scores.py). Several files or globs may be given. Runs on cmsdl.inference
 (no torch).
 """
 
@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.inference import InputError, Prediction, Predictor
+from cmsdl.inference.scores import output_names, output_path, score_files
 from cmsdl.io import atomic_write, loads_json, read_input_text
-from cmsdl.ntuple.remote import is_remote, match_files
-from cmsdl.ntuple.scores import output_names, output_path, score_files
+from cmsdl.io.root import is_remote, match_files
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".json", ".csv", ".npy", ".png", ".root")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cmsdl.data.transfer_sim import simulate_transfers, write_log
-from cmsdl.data.transfers import flatten_records, naive_flatten_table, parse_transfer_log
+from cmsdl.features.transfers.records import flatten_records, naive_flatten_table, parse_transfer_log
+from cmsdl.sim.transfers import simulate_transfers, write_log
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Both sides render the same chunks (read once with uproot, reading time printed apart) into the same uint8
 images, asserted equal pixel for pixel. The loop takes each event's hits as a slice of the chunk and fills one
 np.histogram2d per channel (render_event). The second figure adds PNG encoding with the same writer
-(cmsdl.hits.png, asserted to give the same bytes, which Pillow decodes back to the images): one call per event
+(cmsdl.features.images.png, asserted to give the same bytes, which Pillow decodes back to the images): one call per event
 for the loop, one per chunk for the vectorised side. The stages take `--repeat` turns (so that the load of a
 shared machine hits both sides alike); each keeps its best time. Prints events/s and the ratios.
 
@@ -25,19 +25,19 @@ import awkward as ak
 import numpy as np
 from PIL import Image
 
-from cmsdl.hits.png import encode_png, encode_pngs
-from cmsdl.hits.read import Chunk, iterate_chunks, regularize_mapping
-from cmsdl.hits.render import ImageSpec, regularize_spec, render_chunk, render_event
+from cmsdl.features.images.png import encode_png, encode_pngs
+from cmsdl.features.images.read import HitChunk, iterate_chunks, regularize_mapping
+from cmsdl.features.images.render import ImageSpec, regularize_spec, render_chunk, render_event
 from cmsdl.hits.simulate import simulate_events, write_root
 
 
-def event_hits(chunk: Chunk) -> list[dict[str, np.ndarray]]:
+def event_hits(chunk: HitChunk) -> list[dict[str, np.ndarray]]:
     """Each event's hits as slices of the chunk's flat arrays (hits are stored event after event)."""
     bounds = np.r_[0, np.cumsum(chunk.counts())].tolist()
     return [{k: v[a:b] for k, v in chunk.hits.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def per_event(chunks: list[Chunk], spec: ImageSpec) -> list[np.ndarray]:
+def per_event(chunks: list[HitChunk], spec: ImageSpec) -> list[np.ndarray]:
     """The plain way: one event at a time, one histogram per channel."""
     return [render_event(hits, spec) for chunk in chunks for hits in event_hits(chunk)]
 
@@ -60,7 +60,7 @@ def best_times(repeat: int, stages: dict[str, Stage]) -> tuple[dict[str, float],
     return {name: min(t) for name, t in times.items()}, results
 
 
-def simulated_chunks(n_events: int, step_size: int) -> tuple[float, list[Chunk]]:
+def simulated_chunks(n_events: int, step_size: int) -> tuple[float, list[HitChunk]]:
     """Half qcd, half jpsi events written to a ROOT file and read back in chunks; returns the reading time too."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "events.root"
@@ -84,7 +84,7 @@ def check_pngs(pngs: list[bytes], images: np.ndarray) -> None:
         assert not pixels[..., len(image):].any(), "the padding channel of a 2-channel PNG is not empty"
 
 
-def measure(chunks: list[Chunk], spec: ImageSpec, repeat: int) -> tuple[dict[str, float], list[bytes]]:
+def measure(chunks: list[HitChunk], spec: ImageSpec, repeat: int) -> tuple[dict[str, float], list[bytes]]:
     """Best times of both renderers and both PNG runs; asserts identical images and PNG bytes. Returns the PNGs too."""
     times, out = best_times(repeat, {
         "vec": lambda _: [render_chunk(c, spec) for c in chunks],
@@ -98,7 +98,7 @@ def measure(chunks: list[Chunk], spec: ImageSpec, repeat: int) -> tuple[dict[str
     return times, out["vec_png"]
 
 
-def figures_of(chunks: list[Chunk], read_s: float, times: dict[str, float], pngs: list[bytes],
+def figures_of(chunks: list[HitChunk], read_s: float, times: dict[str, float], pngs: list[bytes],
                args: argparse.Namespace) -> dict[str, Any]:
     """Events/s, PNG cost and ratios (the JSON written by --json)."""
     n = sum(c.n_events for c in chunks)

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from cmsdl.data.images import EventImageDataModule
-from cmsdl.hits.png import decode_png
+from cmsdl.features.images.png import decode_png
 
 
 class PngBatches(Dataset):

@@ -41,7 +41,7 @@ import uproot  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from cmsdl.data.root_table import RootTableDataModule  # noqa: E402
-from cmsdl.ntuple.simulate import PROCESS_CODES, simulate_events, write_root  # noqa: E402
+from cmsdl.sim.nanoaod import PROCESS_CODES, simulate_events, write_root  # noqa: E402
 
 PROCESSES = ("ttbar", "qcd")
 MEMORY_SCALE = 4

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cmsdl.config import compose_run_config
-from cmsdl.data.workflow_sim import simulate_workflows
+from cmsdl.sim.workflows import simulate_workflows
 from cmsdl.train import build
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
 
-from cmsdl.data.transfer_features import CLASSES
+from cmsdl.features.transfers.source import CLASSES
 from cmsdl.tools.boosting import TREE_MODELS, fit_measured, tree_model
 
 TARGETS = {"class": "classification", "latency": "regression"}
@@ -33,7 +33,7 @@ TARGETS = {"class": "classification", "latency": "regression"}
 def split(path: str, target: str, seed: int) -> tuple[np.ndarray, ...]:
     """Train and test features and targets, exactly as TabularDataModule splits and scales them for the DNN."""
     from cmsdl.data.tabular import TabularDataModule
-    from cmsdl.data.transfer_features import TransferSource
+    from cmsdl.features.transfers.source import TransferSource
 
     data = TabularDataModule(TransferSource(path, target=target), seed=seed, task=TARGETS[target])
     data.setup()

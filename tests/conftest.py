@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cmsdl.data.workflow_sim import simulate_workflows
+from cmsdl.sim.workflows import simulate_workflows
 
 REPO = Path(__file__).resolve().parents[1]
 

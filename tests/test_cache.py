@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from cmsdl.config import compose_run_config
-from cmsdl.data.popularity import write_popularity
-from cmsdl.data.popularity_sim import simulate_popularity
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.features.popularity.records import write_popularity
+from cmsdl.sim.popularity import simulate_popularity
 from cmsdl.tools.cache import CacheSimulator, next_use, static_set
 from cmsdl.tools.cache_sim import prepare_study, site_simulator
 from tests.conftest import run_cmsdl

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cmsdl.data.workflow_features import WorkflowMatrix
-from cmsdl.data.workflows import parse_workflows
+from cmsdl.features.workflows.records import parse_workflows
+from cmsdl.features.workflows.source import WorkflowMatrix
 from cmsdl.tools.cluster import kmeans, summarize
 from conftest import run_cmsdl
 

@@ -43,10 +43,10 @@ def test_configs_ship_with_the_package() -> None:
 @pytest.fixture(scope="module")
 def experiment_data(tmp_path_factory: pytest.TempPathFactory, workflows_file: Path) -> dict[str, Path]:
     """A small data file for each tabular experiment (workflows are the default)."""
-    from cmsdl.data.popularity import write_popularity
-    from cmsdl.data.popularity_sim import simulate_popularity
-    from cmsdl.data.transfer_sim import simulate_transfers, write_log
-    from cmsdl.ntuple.simulate import simulate_events, write_root
+    from cmsdl.features.popularity.records import write_popularity
+    from cmsdl.sim.nanoaod import simulate_events, write_root
+    from cmsdl.sim.popularity import simulate_popularity
+    from cmsdl.sim.transfers import simulate_transfers, write_log
 
     root = tmp_path_factory.mktemp("experiment_data")
     for i, process in enumerate(("ttbar", "qcd")):

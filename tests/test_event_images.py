@@ -52,7 +52,7 @@ def test_split_and_decoded_cache_are_written_once_and_reused(images: Path, tmp_p
 
 
 def test_batches_hold_the_decoded_pngs_of_their_rows(images: Path, tmp_path: Path) -> None:
-    from cmsdl.hits.png import decode_png
+    from cmsdl.features.images.png import decode_png
 
     dm = EventImageDataModule(str(images), cache_dir=str(tmp_path), progress=False, eval_batch_size=7)
     x, _ = next(iter(dm.split_loader("test")))

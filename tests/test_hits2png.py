@@ -17,10 +17,10 @@ import pytest
 import uproot
 from PIL import Image
 
-from cmsdl.hits.convert import safe_name
-from cmsdl.hits.png import MODES, decode_png, encode_png, encode_pngs
-from cmsdl.hits.read import Chunk
-from cmsdl.hits.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
+from cmsdl.features.images.convert import safe_name
+from cmsdl.features.images.png import MODES, decode_png, encode_png, encode_pngs
+from cmsdl.features.images.read import HitChunk
+from cmsdl.features.images.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
 from cmsdl.hits.simulate import simulate_events, write_root
 from conftest import run_cmsdl
 
@@ -42,7 +42,7 @@ def test_chunk_rendering_matches_a_per_event_histogram() -> None:
     n = len(row)
     hits = {"x": rng.normal(0, 50, n), "y": rng.normal(0, 50, n), "z": rng.normal(0, 120, n),
             "subdet": rng.integers(0, 4, n), "weight": rng.exponential(1.0, n)}
-    chunk = Chunk(np.arange(25), row, hits)
+    chunk = HitChunk(np.arange(25), row, hits)
     for spec in (regularize_spec("xy,rz,eta-phi,phi-rho", size=(24, 40)), regularize_spec("rz", "subdetectors", 32)):
         images = render_chunk(chunk, spec)
         reference = np.stack([render_event({k: v[row == e] for k, v in hits.items()}, spec) for e in range(25)])
@@ -58,7 +58,7 @@ def test_phi_rho_shows_a_stiff_track_upright_and_a_soft_one_leaning() -> None:
         phi = centre - np.arcsin(radius * 0.3 * 3.8 / (200.0 * pt))  # a helix from the beam line, charge +1
         rows.append({"x": radius * np.cos(phi), "y": radius * np.sin(phi), "z": np.zeros(40)})
     hits = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-    image = render_chunk(Chunk(np.arange(2), np.repeat([0, 1], 40), hits), spec)[:, 0]
+    image = render_chunk(HitChunk(np.arange(2), np.repeat([0, 1], 40), hits), spec)[:, 0]
     columns = [np.flatnonzero(img.any(axis=0)) for img in image]
     occupied_rows = [np.flatnonzero(img.any(axis=1)) for img in image]
     assert columns[0].tolist() == [70] and len(columns[1]) > 10

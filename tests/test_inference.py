@@ -16,14 +16,14 @@ import pytest
 from onnx import numpy_helper
 
 import toy_onnx
-from cmsdl.data.workflow_sim import simulate_workflows
 from cmsdl.evaluate import load_checkpoint, restore
-from cmsdl.hits.png import SIGNATURE, png_chunk
+from cmsdl.features.images.png import SIGNATURE, png_chunk
 from cmsdl.inference import ContractError, InputError, Predictor, load_npy
+from cmsdl.sim.workflows import simulate_workflows
 
 
 def test_importing_cmsdl_inference_loads_no_torch() -> None:
-    code = ("import sys, cmsdl.inference, cmsdl.ntuple.scores, cmsdl.ntuple.simulate; heavy = [m for m in sys.modules "
+    code = ("import sys, cmsdl.inference, cmsdl.inference.scores, cmsdl.sim.nanoaod; heavy = [m for m in sys.modules "
             "if m.split('.')[0] in ('torch', 'pytorch_lightning', 'lightning', 'hydra', 'torchvision')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

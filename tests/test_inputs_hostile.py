@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmsdl.data.popularity import load_popularity, weekly_totals, write_popularity
-from cmsdl.data.popularity_sim import simulate_popularity
 from cmsdl.data.tabular import TabularDataModule
-from cmsdl.data.transfer_features import TransferSource
-from cmsdl.data.transfer_sim import simulate_transfers, write_log
-from cmsdl.data.workflow_features import WorkflowActionSource
-from cmsdl.data.workflow_sim import simulate_workflows
-from cmsdl.data.workflows import load_workflows
 from cmsdl.errors import InputFormatError
+from cmsdl.features.popularity.records import load_popularity, weekly_totals, write_popularity
+from cmsdl.features.transfers.source import TransferSource
+from cmsdl.features.workflows.records import load_workflows
+from cmsdl.features.workflows.source import WorkflowActionSource
+from cmsdl.sim.popularity import simulate_popularity
+from cmsdl.sim.transfers import simulate_transfers, write_log
+from cmsdl.sim.workflows import simulate_workflows
 from tests.conftest import run_cmsdl
 
 BOM = b"\xef\xbb\xbf"

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmsdl.data.popularity import LabelRule, PopularityTable, load_popularity, weekly_totals, write_popularity
-from cmsdl.data.popularity_features import (PopularitySamples, PopularitySource, build_samples, raw_columns,
+from cmsdl.features.popularity.records import LabelRule, PopularityTable, load_popularity, weekly_totals, write_popularity
+from cmsdl.features.popularity.source import (PopularitySamples, PopularitySource, build_samples, raw_columns,
                                             uncovered_per_week)
-from cmsdl.data.popularity_sim import TIER_COUNTS, format_tier_table, simulate_popularity, tier_table
 from cmsdl.errors import InputFormatError
+from cmsdl.sim.popularity import TIER_COUNTS, format_tier_table, simulate_popularity, tier_table
 from tests.conftest import run_cmsdl
 
 

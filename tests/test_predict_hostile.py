@@ -24,9 +24,10 @@ import uproot
 from onnx import helper
 
 from cmsdl.errors import InputFormatError
+from cmsdl.features.root_table.read import ReadUnit, read_unit
+from cmsdl.features.root_table.spec import parse_spec
 from cmsdl.inference import Predictor
-from cmsdl.ntuple.scores import output_names
-from cmsdl.ntuple.spec import parse_spec
+from cmsdl.inference.scores import output_names
 from cmsdl.predict import read_table
 from tests.conftest import run_cmsdl
 from tests.xrootd_server import XRootDServer, xrootd_server  # noqa: F401  fixture
@@ -288,10 +289,10 @@ def test_bad_json_record_through_the_command(model: Path, tmp_path: Path) -> Non
 
 
 def test_json_with_a_byte_order_mark_is_read(model: Path, tmp_path: Path) -> None:
-    """The BOM is accepted: the run gets as far as the model (which takes no records: a ROOT-table model)."""
+    """The BOM is accepted: the run gets as far as the model (a ROOT-table model, whose records are events)."""
     (tmp_path / "wf.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"name": "wf0"}]).encode())
     proc = run_cmsdl("predict", f"model={model}", "input=wf.json", "out=p.csv", cwd=tmp_path, check=False)
-    assert "wf0: records: this model's source kind 'root_table' has no record reader" in error_line(proc)
+    assert "wf0: records: record 0 has no branch 'MET_pt' (expected " in error_line(proc)
 
 
 def free_port() -> int:
@@ -332,3 +333,13 @@ def test_remote_glob_that_matches_nothing(model: Path, tmp_path: Path, xrootd_se
     proc = run_cmsdl("predict", f"model={model}", f"input={url}", "out=scores/", cwd=tmp_path, check=False)
     assert error_line(proc) == (f"error: input: {url} matches no file on the {where}: it has no directory "
                                 f"{xrootd_server.directory / 'no_such_folder'}")
+
+
+def test_root_table_records_are_events_read_as_from_the_file(model: Path, tmp_path: Path) -> None:
+    """predict_records of a ROOT-table model takes events as dicts of branches and gives what the file gives."""
+    write_events(tmp_path / "e.root", 6, seed=4)
+    predictor = Predictor(model)
+    from_file = read_unit(parse_spec(SPEC), ReadUnit(str(tmp_path / "e.root"), 0, 0, 6)).features
+    records = uproot.open(tmp_path / "e.root")["Events"].arrays(library="ak").to_list()
+    np.testing.assert_allclose(predictor.predict_records(records).outputs,
+                               predictor.run(predictor.scale(from_file)).outputs, rtol=1e-6)

@@ -14,7 +14,7 @@ import pytest
 import uproot
 
 from cmsdl.errors import InputFormatError
-from cmsdl.ntuple.remote import file_fingerprint, is_remote, match_files, open_root
+from cmsdl.io.root import file_fingerprint, is_remote, match_files, open_root
 from tests.xrootd_server import XRootDServer, stoppable_xrootd_server, xrootd_server  # noqa: F401
 
 TREE = "Events"

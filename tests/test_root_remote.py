@@ -16,7 +16,7 @@ import uproot
 
 from cmsdl.data.root_table import RootTableDataModule
 from cmsdl.errors import InputFormatError
-from cmsdl.ntuple.simulate import simulate_events, write_root
+from cmsdl.sim.nanoaod import simulate_events, write_root
 from tests.conftest import run_cmsdl
 from tests.xrootd_server import stoppable_xrootd_server, xrootd_server  # noqa: F401  fixtures
 

@@ -13,9 +13,9 @@ import uproot
 
 from cmsdl.data.root_table import RootTableDataModule
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.features.root_table.read import ReadUnit, plan_units, read_unit, split_of
+from cmsdl.features.root_table.spec import parse_spec
 from cmsdl.models.deepsets import DeepSets
-from cmsdl.ntuple.read import Unit, plan_units, read_unit, split_of
-from cmsdl.ntuple.spec import parse_spec
 
 
 def write_nano(path: Path, n: int, seed: int, signal: bool) -> None:
@@ -69,7 +69,7 @@ def test_features_follow_the_spec(nano: dict[str, list[str]]) -> None:
     assert spec.feature_names[:4] == ["MET_pt", "HT", "n_btag", "jet_n"]
     assert spec.feature_names[4:7] == ["jet1_pt", "jet1_eta", "jet1_btag"]
     path = nano["bkg"][0]
-    chunk = read_unit(spec, Unit(path, 1, 0, 1500))
+    chunk = read_unit(spec, ReadUnit(path, 1, 0, 1500))
     events = uproot.open(path)["Events"].arrays(library="ak")
     pt = events["Jet_pt"]
     i = int(np.argmax(ak.to_numpy(ak.num(pt)) == 2))  # an event with 2 jets: slots 3 and 4 are padding
@@ -226,8 +226,8 @@ def test_ddp_ranks_read_disjoint_units_and_get_equal_batches(nano: dict[str, lis
 
 @pytest.mark.parametrize("presorted", [True, False])
 def test_collection_slots_match_a_sort_and_pad_reference(presorted: bool) -> None:
-    from cmsdl.ntuple.read import fill_collection
-    from cmsdl.ntuple.spec import Collection
+    from cmsdl.features.root_table.read import fill_collection
+    from cmsdl.features.root_table.spec import Collection
 
     rng = np.random.default_rng(3)
     counts = rng.integers(0, 7, 400)

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import uproot
 
+from cmsdl.features.root_table.read import ReadUnit, read_unit
 from cmsdl.inference import Predictor
-from cmsdl.ntuple.read import Unit, read_unit
-from cmsdl.ntuple.scores import spec_of
+from cmsdl.inference.scores import spec_of
 from tests.conftest import run_cmsdl
 
 DELPHES_SPEC = """\
@@ -91,7 +91,7 @@ def test_predict_writes_one_score_per_entry_in_input_order(delphes_model: tuple[
         scores = written["Scores"].arrays(library="np")
         events = uproot.open(path)["Delphes"]
         assert len(scores["score_signal"]) == events.num_entries
-        expected = predictor.run(predictor.scale(read_unit(spec, Unit(str(path), -1, 0, events.num_entries)).features))
+        expected = predictor.run(predictor.scale(read_unit(spec, ReadUnit(str(path), -1, 0, events.num_entries)).features))
         assert np.allclose(scores["score_signal"], expected.outputs[:, 1], atol=1e-6)
         assert np.array_equal(scores["selected"], events["Jet_size"].array(library="np") >= 2)
         assert np.allclose(scores["score_signal"] + scores["score_background"], 1, atol=1e-5)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cmsdl.data.popularity import write_popularity
-from cmsdl.data.popularity_sim import simulate_popularity
+from cmsdl.features.popularity.records import write_popularity
+from cmsdl.sim.popularity import simulate_popularity
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 import toy_onnx
-from cmsdl.hits.png import SIGNATURE, encode_png, png_chunk
+from cmsdl.features.images.png import SIGNATURE, encode_png, png_chunk
 
 TOKEN = "s3cret-tøken"
 MB = 1 << 20

@@ -12,7 +12,7 @@ import uproot
 from omegaconf import OmegaConf
 
 from cmsdl.errors import ConfigError
-from cmsdl.ntuple.simulate import check_config, simulate_events
+from cmsdl.sim.nanoaod import check_config, simulate_events
 from tests.conftest import run_cmsdl
 
 BRANCHES = {"run": "uint32", "luminosityBlock": "uint32", "event": "uint64", "nJet": "int32", "Jet_pt": "float32",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from cmsdl.errors import ConfigError, InputFormatError
-from cmsdl.ntuple.read import Unit, compute_chunk
-from cmsdl.ntuple.expression import Expression
-from cmsdl.ntuple.spec import MAX_COLLECTION_LENGTH, MAX_FEATURES, parse_spec
+from cmsdl.features.root_table.expression import Expression
+from cmsdl.features.root_table.read import ReadUnit, compute_chunk
+from cmsdl.features.root_table.spec import MAX_COLLECTION_LENGTH, MAX_FEATURES, parse_spec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,7 +97,7 @@ def test_constants_overflow_to_inf_and_the_reader_names_entry_and_feature() -> N
     spec = parse_spec({**BASE, "derived": {"big": "MET_pt * 1e300 ** 2"}})
     arrays = {"MET_pt": ak.Array([1.0, 2.0]), "Jet_pt": ak.Array([[1.0], []])}
     with pytest.raises(InputFormatError, match=r"f.root: entry 7: feature 'big' is inf \(expected a finite number\)"):
-        compute_chunk(spec, arrays, Unit("f.root", 0, 7, 9))
+        compute_chunk(spec, arrays, ReadUnit("f.root", 0, 7, 9))
 
 
 def test_evaluation_failure_is_one_line() -> None:
@@ -105,4 +105,4 @@ def test_evaluation_failure_is_one_line() -> None:
     arrays = {"MET_pt": ak.Array([1.0, 2.0]), "Jet_pt": ak.Array([[1.0], []])}
     with pytest.raises(ConfigError, match=r"data.spec.derived.step: 'sum\(Jet_pt\[::0\]\)' cannot be evaluated on "
                                           r"these branches \(ValueError: slice step cannot be zero\)"):
-        compute_chunk(spec, arrays, Unit("f.root", 0, 0, 2))
+        compute_chunk(spec, arrays, ReadUnit("f.root", 0, 0, 2))

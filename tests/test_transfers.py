@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cmsdl.data.transfer_features import TransferFeatures, TransferSource, latency_targets
-from cmsdl.data.transfer_sim import CLASSES, simulate_transfers, write_log
-from cmsdl.data.transfers import flatten_records, naive_flatten_table, parse_transfer_log, read_transfer_log
 from cmsdl.errors import InputFormatError
+from cmsdl.features.transfers.records import flatten_records, naive_flatten_table, parse_transfer_log, read_transfer_log
+from cmsdl.features.transfers.source import TransferFeatures, TransferSource, latency_targets
+from cmsdl.sim.transfers import CLASSES, simulate_transfers, write_log
 from tests.conftest import run_cmsdl
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from cmsdl.data.transfer_sim import simulate_transfers, write_log
 from cmsdl.errors import ConfigError
+from cmsdl.sim.transfers import simulate_transfers, write_log
 from cmsdl.tools.boosting import TREE_MODELS, fit_measured, tree_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from cmsdl.data.tabular import TabularDataModule, class_weights
-from cmsdl.data.workflow_features import WorkflowActionSource, WorkflowMatrix
-from cmsdl.data.workflows import load_workflows, parse_workflows
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.evaluate import overtraining_ks
+from cmsdl.features.workflows.records import load_workflows, parse_workflows
+from cmsdl.features.workflows.source import WorkflowActionSource, WorkflowMatrix
 from conftest import run_cmsdl
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmsdl.data.workflow_features import WorkflowMatrix
 from cmsdl.data.workflow_history import load_snapshots, snapshot_paths, window
-from cmsdl.data.workflow_sim import simulate_snapshots
-from cmsdl.data.workflows import parse_workflows
 from cmsdl.errors import InputFormatError
+from cmsdl.features.workflows.records import parse_workflows
+from cmsdl.features.workflows.source import WorkflowMatrix
+from cmsdl.sim.workflows import simulate_snapshots
 from cmsdl.tools.cluster_history import Fit, stability
 from conftest import run_cmsdl
 

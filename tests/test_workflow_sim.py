@@ -9,9 +9,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from cmsdl.data.workflow_features import WorkflowMatrix
-from cmsdl.data.workflow_sim import EXIT_CODES, SITES, simulate_workflows
-from cmsdl.data.workflows import parse_workflows
+from cmsdl.cms import EXIT_CODES, SITES
+from cmsdl.features.workflows.records import parse_workflows
+from cmsdl.features.workflows.source import WorkflowMatrix
+from cmsdl.sim.workflows import simulate_workflows
 
 
 def test_same_seed_same_document_other_seed_other_document() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.hits.convert import run
+from cmsdl.features.images.convert import run
 
 
 @hydra_app("hits2png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.data.popularity_sim import write_simulated_popularity
+from cmsdl.sim.popularity import write_simulated_popularity
 
 
 @hydra_app("simulate_popularity")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.data.transfer_sim import write_simulated_transfers
+from cmsdl.sim.transfers import write_simulated_transfers
 
 
 @hydra_app("simulate_transfers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.data.workflow_sim import write_simulated_workflows
+from cmsdl.sim.workflows import write_simulated_workflows
 
 
 @hydra_app("simulate_workflows")

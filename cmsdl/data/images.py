@@ -11,7 +11,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from cmsdl.data.base import SPLITS, CmsdlDataModule
 from cmsdl.data.tabular import stratified_split
-from cmsdl.data.splits import SplitLoaders
 from cmsdl.errors import ConfigError, InputFormatError
-from cmsdl.hits.render import MIRROR_SYMMETRIC
-from cmsdl.io import write_json
+from cmsdl.features.images.render import MIRROR_SYMMETRIC
+from cmsdl.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 
 
 def read_manifest(path: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
@@ -83,7 +81,7 @@ class ImageBatches(Dataset):
         return x, self.labels[index]
 
 
-class EventImageDataModule(SplitLoaders, pl.LightningDataModule):
+class EventImageDataModule(CmsdlDataModule, pl.LightningDataModule):
     """Event images of some classes of a hits2png output, split 70/15/15 (stratified), served as uint8 batches."""
 
     def __init__(
@@ -179,23 +177,20 @@ class EventImageDataModule(SplitLoaders, pl.LightningDataModule):
             return path
         from tqdm import tqdm
 
-        from cmsdl.hits.png import decode_png
+        from cmsdl.features.images.png import decode_png
 
         channels = len(self.info.get("channels", [])) or 1
         root = self.manifest.parent
         first = decode_png(root / self.rows[0]["path"], channels)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.rows), *first.shape))
-        for i, row in enumerate(tqdm(self.rows, desc="decode PNGs once", unit="image", disable=not self.progress)):
-            try:
-                images[i] = decode_png(root / row["path"], channels)
-            except (OSError, ValueError) as err:
-                tmp.unlink(missing_ok=True)
-                raise InputFormatError(f"{root / row['path']}: cannot decode image ({err}); rerun hits2png") from None
-        images.flush()
-        del images
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npy") as tmp:
+            images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.rows), *first.shape))
+            for i, row in enumerate(tqdm(self.rows, desc="decode PNGs once", unit="image", disable=not self.progress)):
+                try:
+                    images[i] = decode_png(root / row["path"], channels)
+                except (OSError, ValueError) as err:
+                    raise InputFormatError(f"{root / row['path']}: cannot decode image ({err}); rerun hits2png") from None
+            images.flush()
+            del images
         return path
 
     @property

@@ -2,8 +2,8 @@
 
 Setup opens every file once (entries per work unit, branches checked) and makes one streaming pass that computes
 the standardisation statistics on the training split, the per-class weight normalisation and the rows per split
-and unit; with `cache_dir` the same pass writes the columnar cache (cmsdl/ntuple/cache.py) that later epochs read.
-Each event's split (train/val/test) follows from a hash of its file name and entry number (cmsdl.ntuple.read.split_of).
+and unit; with `cache_dir` the same pass writes the columnar cache (cmsdl/features/root_table/cache.py) that later epochs read.
+Each event's split (train/val/test) follows from a hash of its file name and entry number (cmsdl.features.root_table.read.split_of).
 
 Memory stays bounded by the work-unit size (`step_size`, entries or "50 MB") and the shuffle buffer, whatever the
 number of files: work units are sharded across DDP ranks and DataLoader workers, read one at a time, and rows are
@@ -20,37 +20,34 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from cmsdl.data.splits import SplitLoaders
+from cmsdl.config import to_plain
+from cmsdl.data.base import SPLITS, CmsdlDataModule, check_split_fractions
 from cmsdl.errors import ConfigError
-from cmsdl.ntuple.cache import ColumnCache, cache_key
-from cmsdl.ntuple.read import Chunk, Unit, iterate_units, plan_units, split_of
-from cmsdl.ntuple.remote import file_fingerprint
-from cmsdl.ntuple.spec import FeatureSpec, parse_spec
+from cmsdl.features.root_table.cache import ColumnCache, cache_key
+from cmsdl.features.root_table.read import FeatureChunk, ReadUnit, iterate_units, plan_units, split_of
+from cmsdl.features.root_table.spec import FeatureSpec, parse_spec
+from cmsdl.io.root import file_fingerprint
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 
 
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 class RowSource:
     """Rows of one split, unit by unit, from the cache when it is complete, else from the ROOT files."""
 
-    def __init__(self, spec: FeatureSpec, units: list[Unit], split: tuple[float, float, float], seed: int,
+    def __init__(self, spec: FeatureSpec, units: list[ReadUnit], split: tuple[float, float, float], seed: int,
                  cache: ColumnCache | None) -> None:
         self.spec, self.units, self.split, self.seed, self.cache = spec, units, split, seed, cache
 
-    def rows(self, indices: list[int], split_index: int) -> Iterator[tuple[int, Chunk]]:
+    def rows(self, indices: list[int], split_index: int) -> Iterator[tuple[int, FeatureChunk]]:
         """(unit index, selected rows of the split) for the given units, in the given order."""
         if self.cache is not None and self.cache.complete:
             for i in indices:
@@ -99,7 +96,7 @@ class FeatureStream(IterableDataset):
             yield batch
 
     def _batches(self, units: list[int], rng: np.random.Generator) -> Iterator[Any]:
-        pending: list[tuple[Chunk, np.ndarray]] = []
+        pending: list[tuple[FeatureChunk, np.ndarray]] = []
         count = 0
         for index, chunk in self.module.source.rows(units, self.split_index):
             pending.append((chunk, np.full(len(chunk.entries), index, np.int32)))
@@ -114,7 +111,7 @@ class FeatureStream(IterableDataset):
             rows, unit_of = merge(pending)
             yield from self._cut(rows, unit_of, rng.permutation(len(unit_of)) if self.shuffle else np.arange(len(unit_of)))
 
-    def _cut(self, rows: Chunk, unit_of: np.ndarray, order: np.ndarray) -> Iterator[Any]:
+    def _cut(self, rows: FeatureChunk, unit_of: np.ndarray, order: np.ndarray) -> Iterator[Any]:
         """Batches of the rows in `order`, standardised (and weighted) once for the whole buffer."""
         if self.ids:
             for start in range(0, len(order), self.batch_size):
@@ -130,15 +127,15 @@ class FeatureStream(IterableDataset):
             yield (*batch, torch.from_numpy(weights[take])) if weighted else batch
 
 
-def merge(parts: list[tuple[Chunk, np.ndarray]]) -> tuple[Chunk, np.ndarray]:
-    """One Chunk (and unit index per row) from several."""
+def merge(parts: list[tuple[FeatureChunk, np.ndarray]]) -> tuple[FeatureChunk, np.ndarray]:
+    """One FeatureChunk (and unit index per row) from several."""
     chunks = [c for c, _ in parts]
-    rows = Chunk(*(np.concatenate([getattr(c, f) for c in chunks]) for f in
+    rows = FeatureChunk(*(np.concatenate([getattr(c, f) for c in chunks]) for f in
                    ("entries", "features", "labels", "weights", "selected")))
     return rows, np.concatenate([u for _, u in parts])
 
 
-class RootTableDataModule(SplitLoaders, pl.LightningDataModule):
+class RootTableDataModule(CmsdlDataModule, pl.LightningDataModule):
     """Streams the feature spec's rows; see the module docstring. Its state (spec, statistics) goes into every
     checkpoint and every exported model, so that eval, export and `cmsdl predict` rebuild the same features."""
 
@@ -150,10 +147,8 @@ class RootTableDataModule(SplitLoaders, pl.LightningDataModule):
         super().__init__()
         if task != "classification":
             raise ConfigError(f"data.task: ROOT tables support classification, got {task!r}")
-        split = tuple(float(f) for f in split)
-        if len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1) > 1e-6:
-            raise ConfigError(f"data.split: expected three positive fractions summing to 1, got {list(split)}")
-        self.spec_raw = plain(spec)
+        split = check_split_fractions(split)
+        self.spec_raw = to_plain(spec)
         self.spec = parse_spec(self.spec_raw)
         self.split = split
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -165,7 +160,7 @@ class RootTableDataModule(SplitLoaders, pl.LightningDataModule):
         self.seed, self.timeout_s, self.retries = seed, timeout_s, retries
         self.progress = progress
         self.task = task
-        self.units: list[Unit] = []
+        self.units: list[ReadUnit] = []
         self.stats: dict[str, Any] | None = None
         self.source: RowSource | None = None
 
@@ -223,7 +218,7 @@ class RootTableDataModule(SplitLoaders, pl.LightningDataModule):
         if keep is not None:
             self.stats = {**keep, "rows_per_unit": rows.tolist()}
 
-    def _root_rows(self) -> Iterator[tuple[int, Chunk, np.ndarray]]:
+    def _root_rows(self) -> Iterator[tuple[int, FeatureChunk, np.ndarray]]:
         for index, (unit, chunk) in enumerate(iterate_units(self.spec, self.units)):
             chunk = chunk.take(chunk.selected)
             yield index, chunk, split_of(unit.path, chunk.entries, self.split, self.seed)
@@ -304,7 +299,7 @@ class RootTableDataModule(SplitLoaders, pl.LightningDataModule):
         return inputs
 
 
-def cache_rows(cache: ColumnCache, n_units: int) -> Iterator[tuple[int, Chunk, np.ndarray]]:
+def cache_rows(cache: ColumnCache, n_units: int) -> Iterator[tuple[int, FeatureChunk, np.ndarray]]:
     for index in range(n_units):
         chunk, splits = cache.read(index)
         yield index, chunk, splits

@@ -20,7 +20,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
-from cmsdl.data.splits import SplitLoaders
+from cmsdl.data.base import CmsdlDataModule, check_split_fractions
 from cmsdl.errors import ConfigError, InputFormatError
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def stratified_split(
     labels: np.ndarray, fractions: Sequence[float], seed: int, stratified: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of train/val/test, each keeping the class mix of `labels` (plain random without `stratified`)."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(f"data.split: expected three positive fractions summing to 1, got {list(fractions)}")
+    fractions = check_split_fractions(fractions)
     rows = np.arange(len(labels))
     counts = np.bincount(labels) if stratified else np.zeros(1, np.int64)
     stratify = labels if stratified and counts[counts > 0].min() >= 3 else None
@@ -85,7 +84,7 @@ def stratified_split(
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-class TabularDataModule(SplitLoaders, pl.LightningDataModule):
+class TabularDataModule(CmsdlDataModule, pl.LightningDataModule):
     """Splits a tabular source, fits features and scaling on the training split, and batches tensors."""
 
     def __init__(

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from cmsdl.data.workflows import Workflow, load_workflows
 from cmsdl.errors import ConfigError, InputFormatError, shown
+from cmsdl.features.workflows.records import Workflow, load_workflows
 from cmsdl.io import loads_json, read_input_text
 
 _NAME_DATE = re.compile(r"(?<![0-9])([0-9]{4})-?([0-9]{2})-?([0-9]{2})(?![0-9])")

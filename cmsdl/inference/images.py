@@ -4,7 +4,7 @@ A uint8 model input takes the pixels as they are (the graph scales them); a floa
 ((pixels * scale) - mean) / std. Channels are the PNG's first C colour planes (1: grey, 2-3: RGB, 4: RGBA), as
 `cmsdl hits2png` writes them. A PNG's size and mode are checked from its header against the model before any
 pixel is decoded, so a small file declaring a huge image costs nothing. Imports numpy and Pillow (and, for hits,
-cmsdl.hits.render) only.
+cmsdl.features.images.render) only.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def scale_pixels(batch: np.ndarray, preprocessing: dict[str, Any], dtype: str) -
 
 def hits_spec(preprocessing: dict[str, Any], where: str = "model") -> Any:
     """The model's hits2png image settings as an ImageSpec; ContractError if the contract has none or bad ones."""
-    from cmsdl.hits.render import regularize_spec
+    from cmsdl.features.images.render import regularize_spec
 
     settings = {k: v for k, v in preprocessing.get("image", {}).items() if k != "channel_names"}
     if "projections" not in settings:
@@ -136,7 +136,7 @@ def hits_to_input(events: Sequence[Any], preprocessing: dict[str, Any], input_sh
                   dtype: str = "float32") -> np.ndarray:
     """Render events of hits ({"x", "y", "z"} in cm, optional "weight" and the subdetector branch) with the
     model's hits2png image settings."""
-    from cmsdl.hits.render import render_event
+    from cmsdl.features.images.render import render_event
 
     try:
         spec = hits_spec(preprocessing)

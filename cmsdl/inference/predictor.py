@@ -13,8 +13,7 @@ embedded in production code and in the REST service.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from cmsdl.features.popularity.source import features_from_records as popularity_records
+from cmsdl.features.root_table.read import features_from_records as root_table_records
+from cmsdl.features.transfers.source import features_from_records as transfer_records
+from cmsdl.features.workflows.source import features_from_records as workflow_records
 from cmsdl.inference.arrays import InputError, feature_table, load_npy
 from cmsdl.inference.metadata import ContractError, ModelContract
 
@@ -29,10 +32,12 @@ __all__ = ["InputError", "Prediction", "Predictor", "load_npy"]
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64",
               "tensor(bool)": "bool"}
-# Source kind (preprocessing["source"]["kind"]) → "module:function(state, records) -> raw feature rows".
-RECORD_FEATURES: dict[str, str] = {
-    "workflow_actions": "cmsdl.data.workflow_features:features_from_records",
-    "transfers": "cmsdl.data.transfer_features:features_from_records",
+# Source kind (preprocessing["source"]["kind"]) → features_from_records(state, records) -> raw feature rows.
+RECORD_FEATURES: dict[str, Callable[[dict[str, Any], Sequence[Any]], np.ndarray]] = {
+    "workflow_actions": workflow_records,
+    "transfers": transfer_records,
+    "popularity": popularity_records,
+    "root_table": root_table_records,
 }
 
 
@@ -164,13 +169,12 @@ class Predictor:
         """Tabular: raw records in the training data's format (e.g. workflow JSON objects)."""
         self.require_kind("tabular")
         state = self.preprocessing.get("source", {})
-        target = RECORD_FEATURES.get(state.get("kind", ""))
-        if target is None:
+        features_from_records = RECORD_FEATURES.get(state.get("kind", ""))
+        if features_from_records is None:
             raise InputError(f"records: this model's source kind {state.get('kind')!r} has no record reader; "
                              "send feature rows instead")
-        module, function = target.split(":")
         try:
-            raw = getattr(importlib.import_module(module), function)(state, records)
+            raw = features_from_records(state, records)
         except (ValueError, OverflowError, RecursionError) as err:
             message = first_line(err)
             raise InputError(message if message.startswith("records") else f"records: {message}") from None

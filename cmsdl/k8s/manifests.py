@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 from kubernetes import client
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from cmsdl.config import to_plain
 from cmsdl.errors import ConfigError, shown
 
 JOB_API_VERSION = "batch/v1"
@@ -156,12 +157,6 @@ def default_name(experiment: str | None, now: datetime | None = None) -> str:
     stem = re.sub(r"[^a-z0-9]+", "-", (experiment or "train").lower()).strip("-") or "train"
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     return f"cmsdl-{stem[:MAX_NAME - 22].strip('-')}-{stamp}"
-
-
-def _plain(cfg: DictConfig | dict) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
 
 
 def labels(k8s: dict[str, Any], name: str, experiment: str | None, sweep: str | None) -> dict[str, str]:
@@ -374,7 +369,7 @@ def serialize(obj: Any) -> Any:
 def render(k8s_cfg: DictConfig | dict, train_overrides: list[str], name: str | None = None,
            sweep: str | None = None) -> list[dict[str, Any]]:
     """The manifests of one training job, in the order they are created."""
-    k8s = _plain(k8s_cfg)
+    k8s = dict(to_plain(k8s_cfg))
     if k8s.get("flavour") not in FLAVOURS:
         raise ConfigError(f"k8s.flavour: {k8s.get('flavour')!r} is not one of {', '.join(FLAVOURS)}")
     for key in ("nodes", "gpus_per_node"):

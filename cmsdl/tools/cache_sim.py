@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from cmsdl.data.popularity import LabelRule, PopularityTable, WeeklyTotals, load_popularity, weekly_totals
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.features.popularity.records import LabelRule, PopularityTable, WeeklyTotals, load_popularity, weekly_totals
 from cmsdl.io import atomic_write, read_input_text, write_config, write_json
 from cmsdl.tools.cache import POLICIES, CacheSimulator, static_set
 

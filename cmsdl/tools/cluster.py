@@ -22,11 +22,11 @@ from omegaconf import DictConfig
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from cmsdl.data.workflow_features import WorkflowMatrix
+from cmsdl.cms import EXIT_CODES
 from cmsdl.data.workflow_history import check_history, load_snapshots, snapshot_paths
-from cmsdl.data.workflow_sim import EXIT_CODES
-from cmsdl.data.workflows import Workflow, load_workflows
 from cmsdl.errors import ConfigError
+from cmsdl.features.workflows.records import Workflow, load_workflows
+from cmsdl.features.workflows.source import WorkflowMatrix
 from cmsdl.io import atomic_write, write_config, write_json
 from cmsdl.tools.cluster_history import Fit, plot_stability, rolling_fits, write_stability_csv
 

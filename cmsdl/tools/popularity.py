@@ -25,9 +25,9 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from cmsdl.config import instantiate_logged
-from cmsdl.data.popularity import LabelRule, load_popularity, weekly_totals
-from cmsdl.data.popularity_features import PopularitySamples, build_samples, feature_matrix, uncovered_per_week
 from cmsdl.errors import ConfigError
+from cmsdl.features.popularity.records import LabelRule, load_popularity, weekly_totals
+from cmsdl.features.popularity.source import PopularitySamples, build_samples, feature_matrix, uncovered_per_week
 from cmsdl.io import atomic_write, write_config, write_json
 
 log = logging.getLogger(__name__)

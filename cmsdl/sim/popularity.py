@@ -1,4 +1,4 @@
-"""Synthetic CMS dataset-popularity records (cmsdl-popularity/1, see cmsdl.data.popularity).
+"""Synthetic CMS dataset-popularity records (cmsdl-popularity/1, see cmsdl.features.popularity.records).
 
 Each dataset gets a tier (the seed's Table 1 mix), a heavy-tailed peak popularity, a creation week, a decay
 time after which interest fades, sometimes a later revival, and one to three hosting sites. Weekly reads are
@@ -14,17 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from cmsdl.data.popularity import LabelRule, PopularityTable, weekly_totals, write_popularity
+from cmsdl.cms import CACHE_STUDY_SITES
 from cmsdl.errors import ConfigError
+from cmsdl.features.popularity.records import LabelRule, PopularityTable, weekly_totals, write_popularity
 
 # Table 1 of the seed (dataset counts per tier, no cut): AOD, AODSIM, MINIAOD, MINIAODSIM, USER.
 TIER_COUNTS: dict[str, int] = {"AOD": 4924, "AODSIM": 21090, "MINIAOD": 7, "MINIAODSIM": 1083, "USER": 34127}
 # median peak reads per week and median size (GB) of a dataset of each tier
 TIER_PEAK: dict[str, float] = {"AOD": 6.0, "AODSIM": 4.0, "MINIAOD": 10.0, "MINIAODSIM": 8.0, "USER": 1.5}
 TIER_SIZE_GB: dict[str, float] = {"AOD": 3000.0, "AODSIM": 1500.0, "MINIAOD": 400.0, "MINIAODSIM": 250.0, "USER": 60.0}
-# the six sites of the seed's cache study (datagrid.cea.fr, desy.de, fnal.gov, hep.wisc.edu, jinr-t1.ru, lnl.infn.it)
-SITES: tuple[str, ...] = ("T2_FR_GRIF_IRFU", "T2_DE_DESY", "T1_US_FNAL", "T2_US_Wisconsin", "T1_RU_JINR",
-                          "T2_IT_Legnaro")
 SITE_WEIGHTS: tuple[float, ...] = (1.0, 0.8, 3.0, 2.0, 1.0, 1.2)
 PRIMARIES = ("SingleMuon", "DoubleEG", "JetHT", "MET", "ZeroBias", "TTJets_TuneCP5", "DYJetsToLL_M-50",
              "WJetsToLNu", "QCD_Pt-15to7000", "GluGluHToZZTo4L", "BsToJpsiPhi", "HSCPgluino")
@@ -34,7 +32,7 @@ def simulate_popularity(
     n_datasets: int = 4000,
     n_weeks: int = 60,
     seed: int = 1,
-    sites: Sequence[str] = SITES,
+    sites: Sequence[str] = CACHE_STUDY_SITES,
     site_weights: Sequence[float] = SITE_WEIGHTS,
     prehistory_weeks: int = 26,
     revival_probability: float = 0.15,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmsdl.errors import ConfigError, closest
-from cmsdl.hits.read import Chunk
+from cmsdl.features.images.read import HitChunk
 
 PROJECTIONS = {"xy": ("x", "y"), "rz": ("z", "r"), "eta-phi": ("eta", "phi"), "phi-rho": ("phi", "rho")}
 # whether mirroring the image (up-down, left-right) gives an equally likely image: the radius never runs backwards
@@ -229,7 +229,7 @@ def pixel_values(flat: np.ndarray, weights: np.ndarray | None, outside: int, sat
     return pixels, lut[np.minimum(counts, len(lut) - 1)]
 
 
-def render_chunk(chunk: Chunk, spec: ImageSpec) -> np.ndarray:
+def render_chunk(chunk: HitChunk, spec: ImageSpec) -> np.ndarray:
     """All events of a chunk as uint8 images, shape (events, channels, height, width).
 
     Cache-sized blocks of whole events; in each, one flat index per hit and projection, sorted once and counted

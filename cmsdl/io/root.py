@@ -111,7 +111,7 @@ def match_files(pattern: str, timeout_s: float = 30, retries: int = 3) -> list[s
         if not os.path.exists(pattern):
             raise InputFormatError(f"{pattern}: no such file or directory")
         return [pattern]
-    matches = sorted(glob.glob(pattern))
+    matches = sorted(glob.glob(pattern, recursive=True))
     if not matches:
         directory = _fixed_prefix(pattern) or "."
         raise InputFormatError(f"{pattern} matches no file" + (

@@ -1,4 +1,4 @@
-"""Synthetic FTS-like transfer logs (cmsdl-transfers/1, see cmsdl.data.transfers) with latency classes.
+"""Synthetic FTS-like transfer logs (cmsdl-transfers/1, see cmsdl.features.transfers.records) with latency classes.
 
 Each transfer moves one file of a dataset block over a site-to-site link. Most are *normal* (a short queue,
 then the link's throughput); *early stuck* ones wait hours in the queue before starting (more often from tape
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from cmsdl.data.transfers import MARKER
-from cmsdl.data.workflow_sim import SITES
+from cmsdl.cms import SITES
 from cmsdl.errors import ConfigError
+from cmsdl.features.transfers.records import MARKER
 
 CLASSES = ("normal", "early_stuck", "late_stuck")
 ACTIVITIES = {"Production Output": 0.35, "Data Consolidation": 0.25, "User Subscriptions": 0.2,

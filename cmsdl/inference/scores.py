@@ -8,7 +8,7 @@ with the same columns plus `entry`. Inputs that share a file name (CRAB's `tree_
 told apart by a short hash of their full path: `<stem>-<6 hex digits>_scores.root`, the same on every run over the
 same inputs. Temporary files that a killed run left in the output directory are removed by the next run (only when
 no other run is writing there). Torch-free: the model's ONNX metadata carries the feature spec, which is checked
-(bounded, see cmsdl/ntuple/spec.py) and held against the model's input width before any file is read.
+(bounded, see cmsdl/features/root_table/spec.py) and held against the model's input width before any file is read.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from cmsdl.errors import CmsdlError, ConfigError, InputFormatError
+from cmsdl.features.root_table.read import entries_for_bytes, file_units, open_tree, read_unit
+from cmsdl.features.root_table.spec import FeatureSpec, parse_spec
 from cmsdl.io import atomic_path, atomic_write
-from cmsdl.ntuple.read import entries_for_bytes, file_units, open_tree, read_unit
-from cmsdl.ntuple.remote import is_remote
-from cmsdl.ntuple.spec import FeatureSpec, parse_spec
+from cmsdl.io.root import is_remote
 
 log = logging.getLogger(__name__)
 FORMATS = ("root", "parquet")

@@ -18,8 +18,8 @@ import numpy as np
 from scipy import sparse
 from sklearn.decomposition import TruncatedSVD
 
-from cmsdl.data.workflows import ACTIONS, Workflow, load_workflows, parse_workflows
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.features.workflows.records import ACTIONS, Workflow, load_workflows, parse_workflows
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ Columns, in this order: flat, derived, then per collection `<name>_n` and `<name
 (element-major: jet1_pt, jet1_eta, ..., jet2_pt, ...). Instead of one class per file list, `files` may be a plain
 list with `label` an expression giving the class index and `classes` the class names.
 
-Expressions (derived, selection, weight, label) are checked and bounded by cmsdl/ntuple/expression.py (a spec
+Expressions (derived, selection, weight, label) are checked and bounded by cmsdl/features/root_table/expression.py (a spec
 read back from a model file can run no other code, nor hang or exhaust memory). A collection has at most
 MAX_COLLECTION_LENGTH slots and a spec at most MAX_FEATURES columns.
 """
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cmsdl.errors import ConfigError, closest, shown
-from cmsdl.ntuple.expression import Expression
+from cmsdl.features.root_table.expression import Expression
 
 MAX_COLLECTION_LENGTH = 1024
 MAX_FEATURES = 20_000

@@ -3,7 +3,7 @@
 Each workflow has one dominant failure cause (sometimes two), which decides which exit codes appear, whether
 they sit at one or two (often bad) sites or spread over all sites the workflow ran at, and how an operator
 would most likely react. The action is drawn from that tendency and then flipped with `label_noise`, so the
-task is learnable but not trivial. Output follows :mod:`cmsdl.data.workflows`. Imports no torch.
+task is learnable but not trivial. Output follows :mod:`cmsdl.features.workflows.records`. Imports no torch.
 
 With ``snapshots=N`` it writes a weekly history instead (read by :mod:`cmsdl.data.workflow_history`): one document
 per week, named ``workflows-YYYY-MM-DD.json`` and holding ``"date"``; each week ``carry_over`` of the previous
@@ -21,43 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from cmsdl.data.workflows import ACTIONS, FORMAT
+from cmsdl.cms import NO_SITE, SITES
 from cmsdl.errors import ConfigError
+from cmsdl.features.workflows.records import ACTIONS, FORMAT
 
-EXIT_CODES: dict[int, str] = {
-    -1: "no exit code reported",
-    84: "CMSSW: a required file was not found",
-    85: "CMSSW: error reading a file",
-    92: "CMSSW: file open failed, also after fallback",
-    134: "SIGABRT: process aborted",
-    139: "SIGSEGV: segmentation violation",
-    8001: "CMSSW: other CMS exception",
-    8004: "CMSSW: std::bad_alloc, out of memory",
-    8020: "CMSSW: file open error",
-    8021: "CMSSW: file read error",
-    8028: "CMSSW: file open error with fallback",
-    50110: "executable file is not found",
-    50660: "wrapper killed the job for too much RSS memory",
-    50664: "wrapper killed the job for too much wall-clock time",
-    60307: "stage-out of an output file failed",
-    61202: "cannot determine the site to stage out to",
-    71304: "WMAgent killed the job for exceeding wall-clock time",
-    71305: "WMAgent killed the job for exceeding memory",
-    99303: "no framework job report",
-    99305: "job report without an exit code",
-}
-
-SITES: tuple[str, ...] = (
-    "T0_CH_CERN", "T1_DE_KIT", "T1_ES_PIC", "T1_FR_CCIN2P3", "T1_IT_CNAF", "T1_RU_JINR", "T1_UK_RAL",
-    "T1_US_FNAL", "T2_BE_IIHE", "T2_BE_UCL", "T2_CH_CERN", "T2_CH_CERN_HLT", "T2_CH_CSCS", "T2_CN_Beijing",
-    "T2_DE_DESY", "T2_DE_RWTH", "T2_EE_Estonia", "T2_ES_CIEMAT", "T2_ES_IFCA", "T2_FR_GRIF_IRFU",
-    "T2_FR_GRIF_LLR", "T2_FR_IPHC", "T2_IT_Bari", "T2_IT_Legnaro", "T2_IT_Pisa", "T2_IT_Rome",
-    "T2_KR_KISTI", "T2_PL_Swierk", "T2_PT_NCG_Lisbon", "T2_RU_JINR", "T2_TW_NCHC", "T2_UK_London_Brunel",
-    "T2_UK_London_IC", "T2_UK_SGrid_RALPP", "T2_US_Caltech", "T2_US_Florida", "T2_US_MIT",
-    "T2_US_Nebraska", "T2_US_Purdue", "T2_US_UCSD", "T2_US_Vanderbilt", "T2_US_Wisconsin",
-    "T3_US_FNALLPC", "T3_US_NERSC", "T3_US_OSG", "T3_IT_Trieste",
-)
-NO_SITE = "NoReportedSite"
 CAMPAIGNS = ("RunIIFall17wmLHEGS", "RunIIAutumn18DRPremix", "RunIISummer19UL17SIM", "Run3Summer22EEGS")
 PWGS = ("HIG", "SUS", "EXO", "TOP", "SMP", "BPH", "B2G", "TSG")
 TASK_STEPS = ("GENSIM", "DIGIPremix", "RECO", "MiniAOD", "NanoAOD")
@@ -121,7 +88,7 @@ def simulate_workflows(
     label_noise: float = 0.1,
     actions: tuple[str, ...] = ("acdc", "clone", "kill"),
 ) -> dict[str, Any]:
-    """A workflow document (see cmsdl.data.workflows) with `n_workflows` synthetic workflows."""
+    """A workflow document (see cmsdl.features.workflows.records) with `n_workflows` synthetic workflows."""
     _check_actions(actions)
     rng = np.random.default_rng(seed)
     share, p_bad, tracked = _site_profile(rng)

@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cmsdl.data.transfers import FORMAT, MARKER, FlatTable, drop_beyond_float32, flatten_records, read_transfer_log
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.features.transfers.records import FORMAT, MARKER, FlatTable, drop_beyond_float32, flatten_records, read_transfer_log
 
 log = logging.getLogger(__name__)
 

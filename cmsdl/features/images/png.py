@@ -7,7 +7,6 @@ default strategy. Read back with Pillow.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -69,10 +68,3 @@ def decode_png(path: str | Path, channels: int) -> np.ndarray:
     if pixels.shape[-1] < channels:
         raise ValueError(f"{path}: has {pixels.shape[-1]} channels, expected {channels}")
     return np.moveaxis(pixels[..., :channels], -1, 0)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes under a temporary name and rename: a killed run never leaves a half-written image."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cmsdl.data.popularity import FORMAT, LabelRule, WeeklyTotals, load_popularity, weekly_totals
 from cmsdl.errors import ConfigError, InputFormatError
+from cmsdl.features.popularity.records import FORMAT, LabelRule, WeeklyTotals, load_popularity, weekly_totals
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +197,13 @@ class PopularitySource:
         self.lags = int(state["lags"])
         self.history_weeks = int(state["history_weeks"])
         self.rule = LabelRule(state["label"]["metric"], float(state["label"]["threshold"]))
+
+
+def features_from_records(state: dict[str, Any], records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Raw feature rows for popularity records, one per dataset and target week: the dataset tier and its raw
+    history values by name (the state's raw_columns), e.g. ``{"tier": "AODSIM", "naccess_lag1": 12, ...}``.
+    Used by the torch-free predictor."""
+    columns = list(state["raw_columns"])
+    values = np.array([[float(record[c]) for c in columns] for record in records], dtype=np.float64)
+    tiers = np.array([str(record["tier"]) for record in records], dtype=object)
+    return feature_matrix(values.reshape(len(tiers), len(columns)), tiers, state["tiers"])

@@ -114,7 +114,7 @@ def check_branches(tree: Any, mapping: HitMapping, path: str | Path, tree_name: 
 
 
 @dataclass
-class Chunk:
+class HitChunk:
     """Hits of consecutive events: per-event ids and labels, flat per-hit arrays with their event row."""
 
     entries: np.ndarray
@@ -131,7 +131,7 @@ class Chunk:
 
 
 def iterate_chunks(path: str | Path, tree_name: str, mapping: HitMapping, step_size: int,
-                   entry_start: int = 0, entry_stop: int | None = None) -> Iterator[Chunk]:
+                   entry_start: int = 0, entry_stop: int | None = None) -> Iterator[HitChunk]:
     """Chunks of at most `step_size` entries of one tree; in flat mode, events are grouped across chunks."""
     tree = open_tree(path, tree_name)
     check_branches(tree, mapping, path, tree_name)
@@ -154,7 +154,7 @@ def _column(batch: ak.Array, name: str, path: str | Path) -> ak.Array:
     return values
 
 
-def _jagged_chunk(batch: ak.Array, first_entry: int, mapping: HitMapping, path: str | Path) -> Chunk:
+def _jagged_chunk(batch: ak.Array, first_entry: int, mapping: HitMapping, path: str | Path) -> HitChunk:
     columns = {role: _column(batch, name, path) for role, name in mapping.branches.items()}
     n = len(batch)
     reference = next(iter(columns.values()))
@@ -167,7 +167,7 @@ def _jagged_chunk(batch: ak.Array, first_entry: int, mapping: HitMapping, path: 
                                    f"{first_entry}-{first_entry + n - 1}, but the {next(iter(columns))} branch has {counts.sum()}")
         hits[role] = flat
     labels = ak.to_numpy(batch[mapping.label_branch]) if mapping.label_branch else None
-    return Chunk(np.arange(first_entry, first_entry + n), np.repeat(np.arange(n), counts), _to_cm(hits, mapping), labels)
+    return HitChunk(np.arange(first_entry, first_entry + n), np.repeat(np.arange(n), counts), _to_cm(hits, mapping), labels)
 
 
 def _to_cm(hits: dict[str, np.ndarray], mapping: HitMapping) -> dict[str, np.ndarray]:
@@ -189,7 +189,7 @@ def _flat_batches(arrays: Iterator[ak.Array], mapping: HitMapping, path: str | P
         yield out
 
 
-def _group_flat(batches: Iterator[dict[str, np.ndarray]], mapping: HitMapping) -> Iterator[Chunk]:
+def _group_flat(batches: Iterator[dict[str, np.ndarray]], mapping: HitMapping) -> Iterator[HitChunk]:
     """One hit per entry → events (runs of equal `event` values); the last event of a batch waits for the next."""
     pending: dict[str, np.ndarray] | None = None
     for batch in batches:
@@ -210,9 +210,9 @@ def _last_run_start(event: np.ndarray) -> int:
     return int(changes[-1] + 1) if len(changes) else 0
 
 
-def _flat_chunk(batch: dict[str, np.ndarray], mapping: HitMapping) -> Chunk:
+def _flat_chunk(batch: dict[str, np.ndarray], mapping: HitMapping) -> HitChunk:
     starts = np.r_[0, np.flatnonzero(np.diff(batch["event"]) != 0) + 1]
     row = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(batch["event"])]))
     hits = {k: v for k, v in batch.items() if k not in ("event", "label")}
     labels = batch["label"][starts] if "label" in batch else None
-    return Chunk(batch["event"][starts].astype(np.int64), row, _to_cm(hits, mapping), labels)
+    return HitChunk(batch["event"][starts].astype(np.int64), row, _to_cm(hits, mapping), labels)

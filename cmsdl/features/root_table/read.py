@@ -2,15 +2,15 @@
 
     units = plan_units(spec, step_size="50 MB")       # (file, entry range, class) work units, files opened once
     for unit in units:
-        chunk = read_unit(spec, unit)                 # Chunk: features [n, F] float32, labels, weights, selected
+        chunk = read_unit(spec, unit)                 # FeatureChunk: features [n, F] float32, labels, weights, selected
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -18,14 +18,14 @@ import awkward as ak
 import numpy as np
 
 from cmsdl.errors import CmsdlError, ConfigError, InputFormatError, closest
-from cmsdl.ntuple.remote import match_files, open_root
-from cmsdl.ntuple.spec import Collection, FeatureSpec
+from cmsdl.features.root_table.spec import Collection, FeatureSpec, parse_spec
+from cmsdl.io.root import match_files, open_root
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Unit:
+class ReadUnit:
     """A range of entries of one file, with the class of the file (-1: the label comes from a branch)."""
 
     path: str
@@ -39,7 +39,7 @@ class Unit:
 
 
 @dataclass
-class Chunk:
+class FeatureChunk:
     """Feature rows of one unit, one per entry, in entry order; `selected` marks rows that pass the selection."""
 
     entries: np.ndarray
@@ -48,8 +48,8 @@ class Chunk:
     weights: np.ndarray
     selected: np.ndarray
 
-    def take(self, mask: np.ndarray) -> Chunk:
-        return Chunk(self.entries[mask], self.features[mask], self.labels[mask], self.weights[mask],
+    def take(self, mask: np.ndarray) -> FeatureChunk:
+        return FeatureChunk(self.entries[mask], self.features[mask], self.labels[mask], self.weights[mask],
                      self.selected[mask])
 
 
@@ -92,9 +92,9 @@ def check_branches(tree: Any, spec: FeatureSpec, path: str) -> None:
 
 
 def plan_units(spec: FeatureSpec, step_size: int | str = "50 MB", timeout_s: float = 30,
-               retries: int = 3) -> list[Unit]:
+               retries: int = 3) -> list[ReadUnit]:
     """Work units of about `step_size` (entries, or bytes as "100 MB") for every file of every class."""
-    units: list[Unit] = []
+    units: list[ReadUnit] = []
     for label, (class_name, patterns) in enumerate(spec.files.items()):
         for path in expand_files(patterns, f"data.spec.files.{class_name}" if class_name else "data.spec.files"):
             tree = open_tree(path, spec, timeout_s, retries)
@@ -104,7 +104,7 @@ def plan_units(spec: FeatureSpec, step_size: int | str = "50 MB", timeout_s: flo
     return units
 
 
-def file_units(path: str, tree: Any, spec: FeatureSpec, label: int, step_size: int | str) -> list[Unit]:
+def file_units(path: str, tree: Any, spec: FeatureSpec, label: int, step_size: int | str) -> list[ReadUnit]:
     """Entry ranges of one tree, `step_size` entries (an int) or bytes of the spec's branches (a string)."""
     n = int(tree.num_entries)
     if n == 0:
@@ -112,7 +112,7 @@ def file_units(path: str, tree: Any, spec: FeatureSpec, label: int, step_size: i
         return []
     step = step_size if isinstance(step_size, int) else entries_for_bytes(tree, spec.branches(), step_size, n)
     step = max(int(step), 1)
-    return [Unit(path, label, start, min(start + step, n)) for start in range(0, n, step)]
+    return [ReadUnit(path, label, start, min(start + step, n)) for start in range(0, n, step)]
 
 
 def entries_for_bytes(tree: Any, branches: list[str], size: str, n_entries: int, row_bytes: int = 0) -> int:
@@ -134,7 +134,7 @@ def entries_for_bytes(tree: Any, branches: list[str], size: str, n_entries: int,
     return max(1, int(limit * n_entries / max(total, 1)))
 
 
-def read_unit(spec: FeatureSpec, unit: Unit, tree: Any = None) -> Chunk:
+def read_unit(spec: FeatureSpec, unit: ReadUnit, tree: Any = None) -> FeatureChunk:
     """Feature rows of a unit's entries (all of them; `selected` says which pass the selection)."""
     if tree is None:
         tree = open_tree(unit.path, spec)
@@ -157,7 +157,7 @@ def _field(arrays: ak.Array, name: str) -> ak.Array:
     return _field(arrays[head], rest)
 
 
-def compute_chunk(spec: FeatureSpec, arrays: Mapping[str, ak.Array], unit: Unit) -> Chunk:
+def compute_chunk(spec: FeatureSpec, arrays: Mapping[str, ak.Array], unit: ReadUnit) -> FeatureChunk:
     """The spec applied to arrays of branches (by branch name) of the unit's entries: every column is written
     straight into one float32 table."""
     n = unit.n_entries
@@ -179,7 +179,7 @@ def compute_chunk(spec: FeatureSpec, arrays: Mapping[str, ak.Array], unit: Unit)
         row, col = map(int, np.argwhere(bad)[0])
         raise InputFormatError(f"{unit.path}: entry {unit.entry_start + row}: feature {spec.feature_names[col]!r} is "
                                f"{features[row, col]} (expected a finite number)")
-    return Chunk(np.arange(unit.entry_start, unit.entry_stop, dtype=np.int64), features, _labels(spec, columns, unit),
+    return FeatureChunk(np.arange(unit.entry_start, unit.entry_stop, dtype=np.int64), features, _labels(spec, columns, unit),
                  _weights(spec, columns, unit), _selection(spec, columns, unit))
 
 
@@ -239,7 +239,7 @@ def _descending(offsets: np.ndarray, key: np.ndarray) -> bool:
     return not rising.any()
 
 
-def _labels(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.ndarray:
+def _labels(spec: FeatureSpec, columns: Mapping[str, Any], unit: ReadUnit) -> np.ndarray:
     if spec.label is None:
         return np.full(unit.n_entries, unit.label, np.int64)
     labels = _scalar(spec.label.evaluate(columns), f"{unit.path}: data.spec.label", unit.n_entries)
@@ -251,13 +251,13 @@ def _labels(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.nda
     return labels.astype(np.int64)
 
 
-def _weights(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.ndarray:
+def _weights(spec: FeatureSpec, columns: Mapping[str, Any], unit: ReadUnit) -> np.ndarray:
     if spec.weight is None:
         return np.ones(unit.n_entries, np.float32)
     return _scalar(spec.weight.evaluate(columns), f"{unit.path}: data.spec.weight", unit.n_entries).astype(np.float32)
 
 
-def _selection(spec: FeatureSpec, columns: Mapping[str, Any], unit: Unit) -> np.ndarray:
+def _selection(spec: FeatureSpec, columns: Mapping[str, Any], unit: ReadUnit) -> np.ndarray:
     if spec.selection is None:
         return np.ones(unit.n_entries, bool)
     return _scalar(spec.selection.evaluate(columns), f"{unit.path}: data.spec.selection", unit.n_entries) != 0
@@ -276,7 +276,7 @@ def split_of(path: str, entries: np.ndarray, fractions: tuple[float, float, floa
     return np.searchsorted(np.cumsum(fractions)[:2], u, side="right").astype(np.int8)
 
 
-def iterate_units(spec: FeatureSpec, units: list[Unit]) -> Iterator[tuple[Unit, Chunk]]:
+def iterate_units(spec: FeatureSpec, units: list[ReadUnit]) -> Iterator[tuple[ReadUnit, FeatureChunk]]:
     """Chunks of the units in order, each file opened once for its consecutive units."""
     tree, current = None, None
     try:
@@ -289,3 +289,18 @@ def iterate_units(spec: FeatureSpec, units: list[Unit]) -> Iterator[tuple[Unit, 
     finally:
         if tree is not None:
             tree.file.close()
+
+
+def features_from_records(state: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Raw (unscaled) feature rows for events given as records, one dict per event of branch name → value (a list
+    for a jagged branch), e.g. ``{"nJet": 2, "Jet_pt": [61.0, 35.2], "MET_pt": 20.1}``, with the feature spec of a
+    fitted RootTableDataModule state; label, weight and selection are not needed. Used by the torch-free predictor."""
+    spec = replace(parse_spec(state["spec"]), label=None, weight=None, selection=None)
+    records = list(records)
+    for i, record in enumerate(records):
+        missing = [branch for branch in spec.branches() if branch not in record]
+        if missing:
+            raise InputFormatError(f"records: record {i} has no branch {missing[0]!r} "
+                                   f"(expected {', '.join(spec.branches())})")
+    arrays = {branch: ak.Array([record[branch] for record in records]) for branch in spec.branches()}
+    return compute_chunk(spec, arrays, ReadUnit("records", 0, 0, len(records))).features

@@ -48,6 +48,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes under a temporary name beside `path` and rename: a killed run never leaves a half-written file."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cmsdl.features.root_table.read import FeatureChunk
 from cmsdl.io import atomic_write, write_json
-from cmsdl.ntuple.read import Chunk
 
 
 def cache_key(spec: dict[str, Any], split: tuple[float, ...], seed: int, fingerprints: list[str],
@@ -49,7 +49,7 @@ class ColumnCache:
     def complete(self) -> bool:
         return (self.directory / "complete.json").is_file()
 
-    def write(self, index: int, chunk: Chunk, split: np.ndarray) -> None:
+    def write(self, index: int, chunk: FeatureChunk, split: np.ndarray) -> None:
         n_features = chunk.features.shape[1]
         features = pa.FixedSizeListArray.from_arrays(pa.array(chunk.features.reshape(-1), pa.float32()), n_features)
         table = pa.table({"entry": chunk.entries, "label": chunk.labels, "weight": chunk.weights,
@@ -57,14 +57,14 @@ class ColumnCache:
         with atomic_write(self.unit_path(index), "wb") as handle:
             pq.write_table(table, handle, compression="zstd")
 
-    def read(self, index: int) -> tuple[Chunk, np.ndarray]:
+    def read(self, index: int) -> tuple[FeatureChunk, np.ndarray]:
         """A unit's cached rows (all selected) and their split numbers."""
         table = pq.read_table(self.unit_path(index))
         features = table.column("features").combine_chunks()
         n_features = features.type.list_size
         values = features.flatten().to_numpy().reshape(-1, n_features)
         n = len(values)
-        chunk = Chunk(table.column("entry").to_numpy(), values, table.column("label").to_numpy(),
+        chunk = FeatureChunk(table.column("entry").to_numpy(), values, table.column("label").to_numpy(),
                       table.column("weight").to_numpy(), np.ones(n, bool))
         return chunk, table.column("split").to_numpy()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import ctypes
 import fnmatch
-import glob
 import hashlib
 import io
 import json
@@ -35,11 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from cmsdl.errors import CmsdlError, ConfigError
-from cmsdl.hits.png import MODES, encode_png, write_atomic
-from cmsdl.hits.read import HitMapping, iterate_chunks, open_tree, regularize_mapping
-from cmsdl.hits.render import ImageSpec, regularize_spec, render_chunk
-from cmsdl.io import atomic_write, write_config, write_json
+from cmsdl.errors import CmsdlError, ConfigError, InputFormatError
+from cmsdl.features.images.png import MODES, encode_png
+from cmsdl.features.images.read import HitMapping, iterate_chunks, open_tree, regularize_mapping
+from cmsdl.features.images.render import ImageSpec, regularize_spec, render_chunk
+from cmsdl.io import atomic_write, write_bytes_atomic, write_config, write_json
+from cmsdl.io.root import is_remote, match_files
 
 log = logging.getLogger(__name__)
 FORMAT = "cmsdl-images/1"
@@ -71,7 +71,7 @@ class Labels:
 
 
 @dataclass(frozen=True)
-class Unit:
+class RenderUnit:
     """One chunk of entries of one tree of one file, and the names its images get."""
 
     file: str
@@ -97,20 +97,25 @@ class Settings:
 
 @dataclass
 class Outcome:
-    unit: Unit
+    unit: RenderUnit
     n_events: int = 0
     error: str | None = None
     warning: str | None = None
 
 
 def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
-    """Sorted files matching the glob pattern(s) (`**` allowed); none at all is a config error."""
+    """Sorted files named by the paths, glob patterns (`**` allowed) or URLs (cmsdl.io.root.match_files);
+    a name that matches nothing is one error saying why."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    files = sorted({str(Path(f)) for p in patterns for f in (glob.glob(str(p), recursive=True) or
-                                                              ([p] if not glob.has_magic(str(p)) else []))})
+    files: set[str] = set()
+    for pattern in map(str, patterns):
+        try:
+            files.update(f if is_remote(f) else str(Path(f)) for f in match_files(pattern))
+        except InputFormatError as err:
+            raise InputFormatError(f"input: {err}") from None
     if not files:
-        raise ConfigError(f"input: no file matches {', '.join(map(str, patterns))}")
-    return files
+        raise ConfigError("input: expected one or more files, got an empty list")
+    return sorted(files)
 
 
 MAX_NAME = 100  # characters of a class directory or image name prefix (file systems allow 255 bytes)
@@ -147,14 +152,14 @@ def _unit_key(path: str, tree: str, start: int, stop: int | None, fingerprint: s
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-def plan(files: Sequence[str], settings: Settings, fingerprint: str) -> tuple[list[Unit], list[Outcome]]:
+def plan(files: Sequence[str], settings: Settings, fingerprint: str) -> tuple[list[RenderUnit], list[Outcome]]:
     """Units of work for every readable tree; unreadable files, missing trees and empty trees become outcomes."""
     bases = image_bases(files, settings.mapping.trees)
     units, problems = [], []
     for path in files:
         label = settings.labels.class_of_file(path) if settings.labels.files else None
         for tree_name in settings.mapping.trees:
-            probe = Unit(path, tree_name, 0, None, bases[(path, tree_name)], label, "")
+            probe = RenderUnit(path, tree_name, 0, None, bases[(path, tree_name)], label, "")
             if settings.labels.files and label is None:
                 problems.append(Outcome(probe, error=f"{path}: no class: the file name matches none of labels.files "
                                                      f"{settings.labels.files}"))
@@ -173,12 +178,12 @@ def plan(files: Sequence[str], settings: Settings, fingerprint: str) -> tuple[li
             step = n_entries if settings.mapping.flat else settings.step_size
             for start in range(0, n_entries, step):
                 stop = min(start + step, n_entries)
-                units.append(Unit(path, tree_name, start, stop, probe.base, label,
+                units.append(RenderUnit(path, tree_name, start, stop, probe.base, label,
                                   _unit_key(path, tree_name, start, stop, fingerprint)))
     return units, problems
 
 
-def convert_unit(unit: Unit, settings: Settings) -> Outcome:
+def convert_unit(unit: RenderUnit, settings: Settings) -> Outcome:
     """Render and write the images of one unit, then its manifest part; errors come back as text."""
     try:
         return Outcome(unit, n_events=_convert(unit, settings))
@@ -190,7 +195,7 @@ def convert_unit(unit: Unit, settings: Settings) -> Outcome:
                                    f"cannot convert ({type(err).__name__}: {detail})")
 
 
-def _convert(unit: Unit, settings: Settings) -> int:
+def _convert(unit: RenderUnit, settings: Settings) -> int:
     out = Path(settings.out)
     rows = []
     for chunk in iterate_chunks(unit.file, unit.tree, settings.mapping, settings.step_size, unit.start, unit.stop):
@@ -204,14 +209,14 @@ def _convert(unit: Unit, settings: Settings) -> int:
             relative = Path(safe_name(str(classes[i]))) / f"{unit.base}_{int(entry):07d}.png"
             target = out / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, encode_png(images[i], settings.compress_level))
+            write_bytes_atomic(target, encode_png(images[i], settings.compress_level))
             rows.append((relative.as_posix(), classes[i], unit.file, unit.tree, int(entry), int(counts[i])))
     with atomic_write(out / PARTS / f"{unit.key}.csv", newline="") as handle:
         csv.writer(handle).writerows(rows)
     return len(rows)
 
 
-def run_units(units: Sequence[Unit], settings: Settings, workers: int, progress: bool) -> Iterator[Outcome]:
+def run_units(units: Sequence[RenderUnit], settings: Settings, workers: int, progress: bool) -> Iterator[Outcome]:
     """Convert units in `workers` processes (0 or 1: in this process), yielding outcomes as they finish."""
     from tqdm import tqdm
 
@@ -252,7 +257,7 @@ def _exit_if_orphaned() -> None:
         os._exit(1)
 
 
-def read_part(out: Path, unit: Unit) -> list[list[str]] | None:
+def read_part(out: Path, unit: RenderUnit) -> list[list[str]] | None:
     path = out / PARTS / f"{unit.key}.csv"
     if not path.is_file():
         return None
@@ -260,7 +265,7 @@ def read_part(out: Path, unit: Unit) -> list[list[str]] | None:
         return list(csv.reader(handle))
 
 
-def write_manifest(out: Path, units: Sequence[Unit]) -> tuple[Path, int, list[str]]:
+def write_manifest(out: Path, units: Sequence[RenderUnit]) -> tuple[Path, int, list[str]]:
     """manifest.csv from the parts of all finished units, in input order; returns path, rows and classes."""
     buffer, classes, n = io.StringIO(), {}, 0
     writer = csv.writer(buffer)
@@ -347,7 +352,7 @@ def labels_order(labels: Labels, found: Sequence[str]) -> list[str]:
     return [c for c in named if c in found] + [c for c in found if c not in named]
 
 
-def summarize(files: Sequence[str], units: Sequence[Unit], todo: Sequence[Unit], outcomes: Sequence[Outcome],
+def summarize(files: Sequence[str], units: Sequence[RenderUnit], todo: Sequence[RenderUnit], outcomes: Sequence[Outcome],
               n_images: int) -> dict[str, Any]:
     failed = [o for o in outcomes if o.error]
     failed_files = sorted({o.unit.file for o in failed})

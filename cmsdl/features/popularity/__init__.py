@@ -1,0 +1,1 @@
+"""Weekly dataset-access CSV (records) and the popularity features and labels (source); imports no torch."""

@@ -1,0 +1,1 @@
+"""FTS transfer logs (records, format cmsdl-transfers/1) and their latency features (source); imports no torch."""

@@ -1,0 +1,9 @@
+"""File and ROOT input/output shared by every command: atomic writes, input globbing and text/JSON readers
+(cmsdl.io.files, re-exported here), and the one ROOT opener for local, root:// and https:// files
+(cmsdl.io.root). Imports no torch."""
+
+from cmsdl.io.files import (MAX_INT_DIGITS, atomic_path, atomic_write, loads_json, read_input_text, write_bytes_atomic,
+                            write_config, write_json)
+
+__all__ = ["MAX_INT_DIGITS", "atomic_path", "atomic_write", "loads_json", "read_input_text", "write_bytes_atomic",
+           "write_config", "write_json"]
