@@ -28,7 +28,7 @@ from PIL import Image
 from cmsdl.features.images.png import encode_png, encode_pngs
 from cmsdl.features.images.read import HitChunk, iterate_chunks, regularize_mapping
 from cmsdl.features.images.render import ImageSpec, regularize_spec, render_chunk, render_event
-from cmsdl.hits.simulate import simulate_events, write_root
+from cmsdl.sim.tracker import simulate_events, write_root
 
 
 def event_hits(chunk: HitChunk) -> list[dict[str, np.ndarray]]:

@@ -34,7 +34,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import confusion_matrix
 
 from cmsdl.errors import CmsdlError
-from cmsdl.hits.processes import PROCESSES, Particles, concat, underlying_event
+from cmsdl.sim.processes import PROCESSES, Particles, concat, underlying_event
 from cmsdl.tools.hit_counts import hit_count_baseline
 
 LEADING = 4

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from cmsdl.config import compose_run_config, config_dir
 from cmsdl.data.images import EventImageDataModule
 from cmsdl.errors import CmsdlError
-from cmsdl.hits.simulate import simulate_events, write_root
+from cmsdl.sim.tracker import simulate_events, write_root
 from cmsdl.models.resnet import ResNet
 from cmsdl.train import complete_model_config
 from conftest import run_cmsdl

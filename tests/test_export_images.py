@@ -17,7 +17,7 @@ import uproot
 
 from cmsdl.checkpoint import load_checkpoint, restore
 from cmsdl.export.exporter import InferenceGraph
-from cmsdl.hits.simulate import simulate_events, write_root
+from cmsdl.sim.tracker import simulate_events, write_root
 from cmsdl.inference import Predictor
 from conftest import run_cmsdl
 

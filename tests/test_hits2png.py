@@ -21,7 +21,7 @@ from cmsdl.features.images.convert import safe_name
 from cmsdl.features.images.png import MODES, decode_png, encode_png, encode_pngs
 from cmsdl.features.images.read import HitChunk
 from cmsdl.features.images.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
-from cmsdl.hits.simulate import simulate_events, write_root
+from cmsdl.sim.tracker import simulate_events, write_root
 from conftest import run_cmsdl
 
 

@@ -9,8 +9,8 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from cmsdl.hits.geometry import cms_barrel
-from cmsdl.hits.simulate import simulate_events, write_root
+from cmsdl.sim.geometry import cms_barrel
+from cmsdl.sim.tracker import simulate_events, write_root
 from cmsdl.tools.hit_counts import hit_count_baseline
 from conftest import run_cmsdl
 

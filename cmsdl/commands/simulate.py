@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.hits.simulate import run
+from cmsdl.sim.tracker import run
 
 
 @hydra_app("simulate")

@@ -15,8 +15,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from cmsdl.errors import ConfigError, InputFormatError, closest
-from cmsdl.hits.geometry import SUBDETECTORS
-from cmsdl.hits.simulate import PROCESS_CODES
+from cmsdl.sim.geometry import SUBDETECTORS
+from cmsdl.sim.tracker import PROCESS_CODES
 
 TREE = "events"
 FEATURES = {"total hits": [0], "hits per subdetector": list(range(1, 1 + len(SUBDETECTORS)))}

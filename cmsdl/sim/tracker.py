@@ -22,8 +22,8 @@ import awkward as ak
 import numpy as np
 
 from cmsdl.errors import ConfigError, closest
-from cmsdl.hits.geometry import OUTER_RADIUS, Barrel, Endcap, cms_barrel, cms_endcap, curvature_radius_cm
-from cmsdl.hits.processes import PROCESSES, Particles, concat, pileup, soft_particles, underlying_event
+from cmsdl.sim.geometry import OUTER_RADIUS, Barrel, Endcap, cms_barrel, cms_endcap, curvature_radius_cm
+from cmsdl.sim.processes import PROCESSES, Particles, concat, pileup, soft_particles, underlying_event
 
 log = logging.getLogger(__name__)
 PROCESS_CODES = {"jpsi": 0, "qcd": 1, "higgs": 2}
@@ -219,9 +219,3 @@ def run(cfg: Any) -> list[Path]:
     paths = simulate_files(cfg)
     write_config(Path(cfg.out) / "simulate.config.yaml", cfg)
     return paths
-
-
-def main() -> None:
-    from cmsdl.config import hydra_app
-
-    hydra_app("simulate")(run)()

@@ -2,7 +2,7 @@
 
 Every process returns flat arrays over the charged particles of its hard scatter (one row per particle, ordered
 by event): event index, pT (GeV), eta, phi, charge, vertex z (cm). Kinematics are plausible, not a physics
-generator. The underlying event and pile-up are added by `cmsdl.hits.simulate` in the same way for every process,
+generator. The underlying event and pile-up are added by `cmsdl.sim.tracker` in the same way for every process,
 so that the processes differ in topology, not in the number of hits they leave.
 """
 
