@@ -152,8 +152,8 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
 
 
 def read_training_log(path: Path) -> dict[str, dict[int, float]]:
-    """Per metric, its value per epoch from a Lightning CSV log (the epoch's last logged value, or the mean of
-    its step values for metrics logged per step)."""
+    """Per metric, its value per epoch from a Lightning CSV log (the mean of the values logged in the epoch); the
+    learning rate and the final test metrics, which are no curves, are left out."""
     values: dict[str, dict[int, list[float]]] = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
@@ -161,7 +161,7 @@ def read_training_log(path: Path) -> dict[str, dict[int, float]]:
                 continue
             epoch = int(float(row["epoch"]))
             for key, value in row.items():
-                if key in ("epoch", "step") or value in ("", None) or key.startswith("lr"):
+                if key in ("epoch", "step") or value in ("", None) or key.startswith(("lr", "test/")):
                     continue
                 values.setdefault(key, {}).setdefault(epoch, []).append(float(value))
     return {key: {e: float(np.mean(v)) for e, v in sorted(per_epoch.items())} for key, per_epoch in values.items()}

@@ -98,9 +98,10 @@ def write_lightning_log(path: Path) -> None:
     path.parent.mkdir(parents=True)
     rows = [{"epoch": 0, "step": 9, "train/loss": 0.9}, {"epoch": 0, "step": 19, "train/loss": 0.7},
             {"epoch": 0, "step": 19, "val/loss": 0.8, "val/acc": 0.6},
-            {"epoch": 1, "step": 29, "train/loss": 0.5}, {"epoch": 1, "step": 39, "val/loss": 0.6, "val/acc": 0.75}]
+            {"epoch": 1, "step": 29, "train/loss": 0.5}, {"epoch": 1, "step": 39, "val/loss": 0.6, "val/acc": 0.75},
+            {"epoch": 2, "step": 40, "test/acc": 0.7}]
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["epoch", "step", "train/loss", "val/acc", "val/loss"])
+        writer = csv.DictWriter(handle, ["epoch", "step", "test/acc", "train/loss", "val/acc", "val/loss"])
         writer.writeheader()
         writer.writerows(rows)
 
