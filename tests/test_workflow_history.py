@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmsdl.data.workflow_history import load_snapshots, snapshot_paths, window
 from cmsdl.errors import InputFormatError
+from cmsdl.features.workflows.history import load_snapshots, snapshot_paths, window
 from cmsdl.features.workflows.records import parse_workflows
 from cmsdl.features.workflows.source import WorkflowMatrix
 from cmsdl.sim.workflows import simulate_snapshots

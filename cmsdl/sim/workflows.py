@@ -5,7 +5,7 @@ they sit at one or two (often bad) sites or spread over all sites the workflow r
 would most likely react. The action is drawn from that tendency and then flipped with `label_noise`, so the
 task is learnable but not trivial. Output follows :mod:`cmsdl.features.workflows.records`. Imports no torch.
 
-With ``snapshots=N`` it writes a weekly history instead (read by :mod:`cmsdl.data.workflow_history`): one document
+With ``snapshots=N`` it writes a weekly history instead (read by :mod:`cmsdl.features.workflows.history`): one document
 per week, named ``workflows-YYYY-MM-DD.json`` and holding ``"date"``; each week ``carry_over`` of the previous
 week's workflows are still failing (same name, causes and action, new errors and site statuses), the others are
 new, and the error pattern drifts: cause frequencies and site badness follow a log-normal random walk (``drift``).

@@ -2,7 +2,7 @@
 
 Sites are collapsed into good/bad, so workflows with the same errors at different sites land together.
 Writes assignments.csv (workflow, cluster, action), clusters.json (per-cluster summary) and config.yaml.
-With several snapshots in `input` (a directory or glob, see cmsdl.data.workflow_history) or with `history` set,
+With several snapshots in `input` (a directory or glob, see cmsdl.features.workflows.history) or with `history` set,
 k-means is refitted at every snapshot on the last `history` snapshots and the stability between consecutive fits
 goes to stability.csv, stability.json and stability.png; assignments and clusters are then those of the latest fit.
 With `compress.components`, k-means runs in a truncated-SVD space of the error x site matrix. Imports no torch.
@@ -23,8 +23,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from cmsdl.cms import EXIT_CODES
-from cmsdl.data.workflow_history import check_history, load_snapshots, snapshot_paths
 from cmsdl.errors import ConfigError
+from cmsdl.features.workflows.history import check_history, load_snapshots, snapshot_paths
 from cmsdl.features.workflows.records import Workflow, load_workflows
 from cmsdl.features.workflows.source import WorkflowMatrix
 from cmsdl.io import atomic_write, write_config, write_json

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
-from cmsdl.data.workflow_history import Snapshot, window
+from cmsdl.features.workflows.history import Snapshot, window
 from cmsdl.features.workflows.records import Workflow
 from cmsdl.features.workflows.source import WorkflowMatrix
 from cmsdl.io import atomic_write
