@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from cmsdl.config import instantiate_logged
+from cmsdl.config import instantiate_logged, to_plain
 from cmsdl.errors import ConfigError
 from cmsdl.features.popularity.records import LabelRule, load_popularity, weekly_totals
 from cmsdl.features.popularity.source import PopularitySamples, build_samples, feature_matrix, uncovered_per_week
@@ -148,7 +148,7 @@ def check_resumable(cfg: DictConfig, out: Path) -> None:
     saved = out / "config.yaml"
     if not (out / STATE).is_file() or not saved.is_file():
         return
-    old, new = OmegaConf.load(saved), OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    old, new = OmegaConf.load(saved), OmegaConf.create(to_plain(cfg))
     for key in ("resume", "max_windows"):
         old.pop(key, None), new.pop(key, None)
     if old != new:
