@@ -26,9 +26,10 @@ class RunContext(pl.Callback):
     """Stores the resolved run config, the data preprocessing and a few model-ready inputs (the parity samples, a
     plain tensor) in every checkpoint: eval needs the data, export does not."""
 
-    def __init__(self, config: dict[str, Any], preprocessing: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], preprocessing: dict[str, Any], task: str = "classification") -> None:
         self.config = config
         self.preprocessing = preprocessing
+        self.task = task
         self.parity_inputs: torch.Tensor | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -42,6 +43,7 @@ class RunContext(pl.Callback):
             "version": cmsdl.__version__,
             "config": self.config,
             "preprocessing": self.preprocessing,
+            "task": self.task,
         }
         if self.parity_inputs is not None:
             checkpoint[CHECKPOINT_KEY]["parity_inputs"] = self.parity_inputs

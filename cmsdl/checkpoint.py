@@ -205,6 +205,13 @@ def restore(checkpoint: dict[str, Any], data_overrides: DictConfig | None = None
     return datamodule, restore_model(checkpoint)
 
 
+def checkpoint_task(checkpoint: dict[str, Any]) -> str:
+    """The task the run's DataModule declared; checkpoints written before it was stored carry it in the tabular
+    preprocessing, and every other kind of data was classification."""
+    context = checkpoint[CHECKPOINT_KEY]
+    return str(context.get("task") or context["preprocessing"].get("task") or "classification")
+
+
 def restore_model(checkpoint: dict[str, Any]) -> pl.LightningModule:
     """The trained model stored in a checkpoint, in eval mode (its config is complete: no data is read)."""
     model = instantiate_logged(OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"]).model, "model")

@@ -36,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     batches = trainer.predict(model, dataloaders=datamodule.split_loader(cfg.split))
     out_dir = Path(cfg.paths.output_dir)
     ids = datamodule.split_ids(cfg.split)
-    if "predictions" in batches[0]:
+    if datamodule.task == "regression":
         predictions = torch.cat([b["predictions"] for b in batches]).float().numpy()
         targets = torch.cat([b["targets"] for b in batches]).float().numpy()
         metrics = write_regression_report(out_dir, predictions, targets, datamodule.class_names, ids)

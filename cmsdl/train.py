@@ -32,7 +32,7 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTE
 def complete_model_config(cfg: DictConfig, datamodule: Any) -> None:
     """Fill in what only the data knows and the network asks for (input size, set layout, ...), the number of
     outputs and the class names."""
-    binary_head = cfg.model.get("binary_head", True)
+    binary_head = datamodule.task == "classification" and cfg.model.get("binary_head", True)
     with open_dict(cfg):
         cfg.model.class_names = datamodule.class_names
         for key, value in datamodule.net_inputs().items():
@@ -67,7 +67,7 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     model = instantiate_logged(cfg.model, "model")
     log.info("network:\n%s", model.net)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-    callbacks.append(RunContext(to_plain(cfg), datamodule.preprocessing()))
+    callbacks.append(RunContext(to_plain(cfg), datamodule.preprocessing(), datamodule.task))
     callbacks.append(CheckpointOnSigterm(Path(cfg.paths.output_dir) / LAST_CKPT))
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer = instantiate_logged(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)

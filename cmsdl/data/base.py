@@ -56,6 +56,7 @@ class CmsdlDataModule(SplitLoaders):
     (`class TabularDataModule(CmsdlDataModule, pl.LightningDataModule)`); train, eval, export and the checkpoint
     read a DataModule through these members only.
 
+    - `task`: "classification" or "regression", the one place train, eval and export learn it from;
     - `class_names`: class labels (classification) or target names (regression), in output order;
     - `net_inputs()`: keyword arguments the network needs from the data (e.g. n_features, in_channels, task);
     - `preprocessing()`: the torch-free recipe from raw input to model input, stored in checkpoints and in the
@@ -63,6 +64,8 @@ class CmsdlDataModule(SplitLoaders):
     - `split_loader(name)` for name in SPLITS, and Lightning's train/val/test/predict_dataloader (SplitLoaders);
     - `state_dict()` / `load_state_dict(state)`: what was fitted on the training split, kept in the checkpoint.
     """
+
+    task: str = "classification"
 
     @property
     def class_names(self) -> list[str]:

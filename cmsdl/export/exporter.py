@@ -32,7 +32,8 @@ from torch import nn
 
 import cmsdl
 from cmsdl.callbacks import CHECKPOINT_KEY, split_samples
-from cmsdl.checkpoint import load_checkpoint, parity_inputs, resolve_checkpoint, restore, restore_model
+from cmsdl.checkpoint import (checkpoint_task, load_checkpoint, parity_inputs, resolve_checkpoint, restore,
+                              restore_model)
 from cmsdl.errors import CmsdlError, ConfigError
 from cmsdl.inference.metadata import ModelContract, TensorSpec
 from cmsdl.io import atomic_write
@@ -76,10 +77,6 @@ class Parity:
         return max(self.max_abs_diff.values())
 
 
-def task_of(model: nn.Module) -> str:
-    return "classification" if hasattr(model, "probabilities") else "regression"
-
-
 def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
     """Up to n real model inputs from the test split (the val split if test is empty), in the data's dtype
     (float32 features; uint8 images, which the image networks scale themselves, so the graph takes raw pixels)."""
@@ -106,16 +103,17 @@ def build_contract(checkpoint: dict[str, Any], model: nn.Module, samples: torch.
     context = checkpoint[CHECKPOINT_KEY]
     preprocessing = context["preprocessing"]
     kind = preprocessing.get("kind", "tabular")
+    task = checkpoint_task(checkpoint)
     with torch.no_grad():
         n_out = InferenceGraph(model).eval()(samples[:2]).shape[1]
     config = context.get("config", {})
     return ModelContract(
         version=cmsdl.__version__,
-        task=task_of(model),
+        task=task,
         class_names=list(getattr(model, "class_names", [])) or list(preprocessing.get("class_names", [])),
         inputs=[TensorSpec(INPUT_NAMES.get(kind, "input"), ["batch", *samples.shape[1:]],
                            str(samples.numpy().dtype))],
-        outputs=[TensorSpec("probabilities" if task_of(model) == "classification" else "prediction",
+        outputs=[TensorSpec("probabilities" if task == "classification" else "prediction",
                             ["batch", int(n_out)], "float32")],
         preprocessing=preprocessing,
         source={
