@@ -157,7 +157,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
                      "labels.files={jpsi: 'jpsi_*', qcd: 'qcd_*'}", "size=16", "progress=false", cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr
-    assert "jpsi_corrupt.root: not a readable ROOT file" in err
+    assert "jpsi_corrupt.root: not a ROOT file" in err  # the wording of cmsdl.io.root.open_root
     assert "qcd_truncated.root" in err and "qcd_empty.root: tree 'events' is empty" in err
     assert "qcd_renamed.root: tree 'events' has no branch 'hit_x'" in err and "hitX" in err
     assert "5 files (3 failed)" in proc.stdout

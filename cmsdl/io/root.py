@@ -41,7 +41,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -94,6 +94,39 @@ def file_fingerprint(path: str, timeout_s: float = 30, retries: int = 3) -> str:
     with open_root(path, timeout_s, retries) as handle:
         uuid = handle.file.uuid
     return f"size={info.get('size')} mtime={_modified(info)} uuid={uuid}"
+
+
+def branch_names(tree: Any) -> list[str]:
+    """Every name a branch (TTree) or field (RNTuple) of `tree` answers to: full paths first
+    (`TrackerHits/TrackerHits.position.x`; in an RNTuple `TrackerHits.position.x`), then short names."""
+    full = list(tree.keys(recursive=True, full_paths=True))
+    known = set(full)
+    return full + [name for name in tree.keys(recursive=True, full_paths=False) if name not in known]
+
+
+def resolve_branch(name: str, names: Sequence[str]) -> str | None:
+    """The branch among `names` that `name` means: itself, or for a path `parent/child` that the tree does not hold
+    as such (a writer that stored the split branch's children at the top), its last part; None if neither."""
+    if name in names:
+        return name
+    leaf = name.rsplit("/", 1)[-1]
+    return leaf if leaf != name and leaf in names else None
+
+
+def branch_array(arrays: Any, name: str) -> Any:
+    """The array of branch `name` in what `tree.arrays`/`tree.iterate` returned: by its name, by its last path part
+    (uproot names the subbranch `TrackerHits/TrackerHits.position.x` `TrackerHits.position.x`), or down an RNTuple's
+    records (`TrackerHits.position.x` is the field x of the record position of TrackerHits); KeyError if none."""
+    fields = arrays.fields
+    if name in fields:
+        return arrays[name]
+    leaf = name.rsplit("/", 1)[-1]
+    if leaf in fields:
+        return arrays[leaf]
+    head, dot, rest = leaf.partition(".")
+    if dot and head in fields:
+        return branch_array(arrays[head], rest)
+    raise KeyError(name)
 
 
 def has_magic(pattern: str) -> bool:

@@ -7,6 +7,9 @@ with the main process (kill -9 included). A bad file (unreadable, truncated, mis
 and skipped; the exit code is 1 when anything failed. Class names become safe directory names inside `out`
 (see `safe_name`: `..` or `.parts` can never leave `out` or reach its bookkeeping).
 
+Inputs are local paths, globs or URLs (root://, https://), listed and opened through cmsdl.io.root like the ROOT
+tables (retries with back-off, one error line for an unreachable server).
+
 manifest.csv columns: path (relative to out), class, file, tree, entry, n_hits. hits2png.json: image settings,
 channel names, classes (the contract with EventImageDataModule).
 """
@@ -39,7 +42,7 @@ from cmsdl.features.images.png import MODES, encode_png
 from cmsdl.features.images.read import HitMapping, iterate_chunks, open_tree, regularize_mapping
 from cmsdl.features.images.render import ImageSpec, regularize_spec, render_chunk
 from cmsdl.io import atomic_write, write_bytes_atomic, write_config, write_json
-from cmsdl.io.root import is_remote, match_files
+from cmsdl.io.root import file_fingerprint, is_remote, match_files
 
 log = logging.getLogger(__name__)
 FORMAT = "cmsdl-images/1"
@@ -93,6 +96,8 @@ class Settings:
     labels: Labels
     step_size: int
     compress_level: int
+    timeout_s: float = 30
+    retries: int = 3
 
 
 @dataclass
@@ -103,14 +108,14 @@ class Outcome:
     warning: str | None = None
 
 
-def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
+def expand_inputs(patterns: str | Sequence[str], timeout_s: float = 30, retries: int = 3) -> list[str]:
     """Sorted files named by the paths, glob patterns (`**` allowed) or URLs (cmsdl.io.root.match_files);
     a name that matches nothing is one error saying why."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     files: set[str] = set()
     for pattern in map(str, patterns):
         try:
-            files.update(f if is_remote(f) else str(Path(f)) for f in match_files(pattern))
+            files.update(f if is_remote(f) else str(Path(f)) for f in match_files(pattern, timeout_s, retries))
         except InputFormatError as err:
             raise InputFormatError(f"input: {err}") from None
     if not files:
@@ -134,21 +139,27 @@ def safe_name(text: str) -> str:
     return name
 
 
+def location(path: str) -> str:
+    """Where a file is, independent of the working directory: the URL of a remote file, else its absolute path."""
+    return path if is_remote(path) else str(Path(path).resolve())
+
+
 def image_bases(files: Sequence[str], trees: Sequence[str]) -> dict[tuple[str, str], str]:
     """Image name prefix per (file, tree): the file stem, + the tree when several, + a hash when stems clash."""
     stems = [Path(f).stem for f in files]
     bases = {}
     for f, stem in zip(files, stems):
         if stems.count(stem) > 1:
-            stem = f"{stem}-{hashlib.sha1(str(Path(f).resolve()).encode()).hexdigest()[:6]}"
+            stem = f"{stem}-{hashlib.sha1(location(f).encode()).hexdigest()[:6]}"
         for tree in trees:
             bases[(f, tree)] = safe_name(stem if len(trees) == 1 else f"{stem}_{tree}")
     return bases
 
 
-def _unit_key(path: str, tree: str, start: int, stop: int | None, fingerprint: str) -> str:
-    stat = os.stat(path)
-    text = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tree}|{start}|{stop}|{fingerprint}"
+def _unit_key(path: str, identity: str, tree: str, start: int, stop: int | None, fingerprint: str) -> str:
+    """The unit's name for resume: file location and content identity (cmsdl.io.root.file_fingerprint), entries,
+    settings."""
+    text = f"{location(path)}|{identity}|{tree}|{start}|{stop}|{fingerprint}"
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
@@ -158,6 +169,7 @@ def plan(files: Sequence[str], settings: Settings, fingerprint: str) -> tuple[li
     units, problems = [], []
     for path in files:
         label = settings.labels.class_of_file(path) if settings.labels.files else None
+        identity = None
         for tree_name in settings.mapping.trees:
             probe = RenderUnit(path, tree_name, 0, None, bases[(path, tree_name)], label, "")
             if settings.labels.files and label is None:
@@ -165,7 +177,8 @@ def plan(files: Sequence[str], settings: Settings, fingerprint: str) -> tuple[li
                                                      f"{settings.labels.files}"))
                 break
             try:
-                n_entries = int(open_tree(path, tree_name).num_entries)
+                n_entries = int(open_tree(path, tree_name, settings.timeout_s, settings.retries).num_entries)
+                identity = identity or file_fingerprint(path, settings.timeout_s, settings.retries)
             except CmsdlError as err:
                 problems.append(Outcome(probe, error=str(err)))
                 continue
@@ -179,7 +192,7 @@ def plan(files: Sequence[str], settings: Settings, fingerprint: str) -> tuple[li
             for start in range(0, n_entries, step):
                 stop = min(start + step, n_entries)
                 units.append(RenderUnit(path, tree_name, start, stop, probe.base, label,
-                                  _unit_key(path, tree_name, start, stop, fingerprint)))
+                                  _unit_key(path, identity, tree_name, start, stop, fingerprint)))
     return units, problems
 
 
@@ -198,7 +211,8 @@ def convert_unit(unit: RenderUnit, settings: Settings) -> Outcome:
 def _convert(unit: RenderUnit, settings: Settings) -> int:
     out = Path(settings.out)
     rows = []
-    for chunk in iterate_chunks(unit.file, unit.tree, settings.mapping, settings.step_size, unit.start, unit.stop):
+    for chunk in iterate_chunks(unit.file, unit.tree, settings.mapping, settings.step_size, unit.start, unit.stop,
+                                settings.timeout_s, settings.retries):
         _exit_if_orphaned()
         images = render_chunk(chunk, settings.spec)
         where = f"{unit.file}: tree {unit.tree!r}"
@@ -315,7 +329,8 @@ def build_settings(cfg: Any) -> Settings:
     labels = Labels(files_map, mapping.label_branch, tuple(cfg.labels.get("classes") or ()))
     if int(cfg.step_size) < 1:
         raise ConfigError(f"step_size: expected a positive number of entries, got {cfg.step_size}")
-    return Settings(str(cfg.out), mapping, spec, labels, int(cfg.step_size), int(cfg.compress_level))
+    return Settings(str(cfg.out), mapping, spec, labels, int(cfg.step_size), int(cfg.compress_level),
+                    float(cfg.get("timeout_s", 30)), int(cfg.get("retries", 3)))
 
 
 def settings_document(settings: Settings) -> dict[str, Any]:
@@ -328,7 +343,7 @@ def hits2png(cfg: Any) -> dict[str, Any]:
     """Convert every input file; returns the summary (also printed, and written to out/hits2png.json)."""
     settings = build_settings(cfg)
     out = Path(cfg.out)
-    files = expand_inputs(cfg.input)
+    files = expand_inputs(cfg.input, settings.timeout_s, settings.retries)
     doc = settings_document(settings)
     check_previous(out, doc, bool(cfg.overwrite))
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ A mapping names the tree and the branches that hold hit coordinates, in the user
 
 Branches are jagged (one entry per event) or flat (one entry per hit, grouped by the `event` branch).
 Instead of x/y/z, precomputed eta/phi may be given (then only the eta-phi projection is possible).
+A branch is named by its full path (`TrackerHits/TrackerHits.position.x`, `Track/Track.X`), its own name
+(`TrackerHits.position.x`) or, in an RNTuple, its field path (`TrackerHits.position.x`). Files are local or
+remote (root://, https://) and opened by cmsdl.io.root.open_root, as the ROOT tables are.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import awkward as ak
 import numpy as np
 
 from cmsdl.errors import ConfigError, InputFormatError, closest
+from cmsdl.io.root import branch_array, branch_names, open_root, resolve_branch
 
 UNITS_TO_CM = {"cm": 1.0, "mm": 0.1, "m": 100.0, "um": 1e-4}
 ROLES = ("x", "y", "z", "eta", "phi", "weight", "layer", "subdet", "event")
@@ -68,16 +72,10 @@ def regularize_mapping(tree: str | Sequence[str], branches: Mapping[str, Any], u
     return HitMapping(trees, mapped, UNITS_TO_CM[units], label_branch or None)
 
 
-def open_tree(path: str | Path, tree: str) -> Any:
-    """The tree (TTree or RNTuple) `tree` of a ROOT file; unreadable files and missing trees raise one clear line."""
-    import uproot
-
-    try:
-        handle = uproot.open(path)
-    except FileNotFoundError:
-        raise InputFormatError(f"{path}: no such file") from None
-    except Exception as err:
-        raise InputFormatError(f"{path}: not a readable ROOT file ({type(err).__name__}: {_short(err)})") from None
+def open_tree(path: str | Path, tree: str, timeout_s: float = 30, retries: int = 3) -> Any:
+    """The tree (TTree or RNTuple) `tree` of a local or remote ROOT file, opened by cmsdl.io.root.open_root;
+    unreadable files, unreachable servers and missing trees raise one clear line."""
+    handle = open_root(str(path), timeout_s=timeout_s, retries=retries)
     try:
         obj = handle[tree]
     except Exception:
@@ -97,20 +95,34 @@ def _tree_names(handle: Any) -> list[str]:
         return []
 
 
-def _short(err: Exception) -> str:
-    return " ".join(str(err).split())[:200]
-
-
-def check_branches(tree: Any, mapping: HitMapping, path: str | Path, tree_name: str) -> None:
-    """Raise one line naming the file, the tree, the missing branch and the branches that exist."""
-    existing = list(tree.keys())
+def resolve_branches(tree: Any, mapping: HitMapping, path: str | Path, tree_name: str) -> dict[str, str]:
+    """Role (and "label") → the tree's name of the mapped branch (a full path such as
+    `TrackerHits/TrackerHits.position.x` or a short name); a missing one raises one line naming the file, the tree,
+    the branch and the closest existing names."""
+    existing = branch_names(tree)
+    resolved = {}
     for role, name in [*mapping.branches.items(), ("label", mapping.label_branch)]:
-        if name and name not in existing:
-            hint = closest(name, existing)
+        if not name:
+            continue
+        key = resolve_branch(name, existing)
+        if key is None:
+            hint = _closest_branch(name, existing)
             raise InputFormatError(
                 f"{path}: tree {tree_name!r} has no branch {name!r} (mapped as {role})"
-                + (f"; did you mean {hint[0]!r}?" if hint else "") + f"; branches: {', '.join(existing[:30])}"
+                + (f"; did you mean {hint!r}?" if hint else "") + f"; branches: {', '.join(existing[:30])}"
                 + (" ..." if len(existing) > 30 else ""))
+        resolved[role] = key
+    return resolved
+
+
+def _closest_branch(name: str, existing: Sequence[str]) -> str | None:
+    """The existing branch most like `name` or its last path part, ignoring case (`position.X` → `position.x`)."""
+    by_lower = {branch.lower(): branch for branch in existing}
+    for candidate in dict.fromkeys((name, name.rsplit("/", 1)[-1])):
+        hint = closest(candidate.lower(), by_lower)
+        if hint:
+            return by_lower[hint[0]]
+    return None
 
 
 @dataclass
@@ -130,23 +142,31 @@ class HitChunk:
         return np.bincount(self.row, minlength=self.n_events)
 
 
-def iterate_chunks(path: str | Path, tree_name: str, mapping: HitMapping, step_size: int,
-                   entry_start: int = 0, entry_stop: int | None = None) -> Iterator[HitChunk]:
+def iterate_chunks(path: str | Path, tree_name: str, mapping: HitMapping, step_size: int, entry_start: int = 0,
+                   entry_stop: int | None = None, timeout_s: float = 30, retries: int = 3) -> Iterator[HitChunk]:
     """Chunks of at most `step_size` entries of one tree; in flat mode, events are grouped across chunks."""
-    tree = open_tree(path, tree_name)
-    check_branches(tree, mapping, path, tree_name)
-    names = mapping.needed()
+    tree = open_tree(path, tree_name, timeout_s, retries)
+    keys = resolve_branches(tree, mapping, path, tree_name)
+    batches = tree.iterate(filter_name=list(dict.fromkeys(keys.values())), step_size=step_size, entry_start=entry_start,
+                           entry_stop=entry_stop, library="ak", report=True)
+    columns = ((_columns(batch, keys, mapping, path), report.tree_entry_start) for batch, report in batches)
     if not mapping.flat:
-        arrays = tree.iterate(filter_name=names, step_size=step_size, entry_start=entry_start, entry_stop=entry_stop,
-                              library="ak", report=True)
-        yield from (_jagged_chunk(batch, report.tree_entry_start, mapping, path) for batch, report in arrays)
+        yield from (_jagged_chunk(batch, first_entry, mapping, path) for batch, first_entry in columns)
         return
-    yield from _group_flat(_flat_batches(tree.iterate(filter_name=names, step_size=step_size, entry_start=entry_start,
-                                                      entry_stop=entry_stop, library="ak"), mapping, path), mapping)
+    yield from _group_flat(_flat_batches((batch for batch, _ in columns), mapping, path), mapping)
 
 
-def _column(batch: ak.Array, name: str, path: str | Path) -> ak.Array:
-    values = batch[name]
+def _columns(batch: ak.Array, keys: Mapping[str, str], mapping: HitMapping, path: str | Path) -> dict[str, ak.Array]:
+    """Role → the array of its branch in one batch (found by cmsdl.io.root.branch_array)."""
+    return {role: _column(batch, key, mapping.branches.get(role, mapping.label_branch or key), path)
+            for role, key in keys.items()}
+
+
+def _column(batch: ak.Array, key: str, name: str, path: str | Path) -> ak.Array:
+    try:
+        values = branch_array(batch, key)
+    except KeyError:
+        raise InputFormatError(f"{path}: branch {name!r} was read but uproot returned only {batch.fields}") from None
     if values.ndim > 1 and isinstance(ak.to_layout(values), ak.contents.RegularArray):
         values = ak.from_regular(values, axis=1)
     if values.ndim > 2:
@@ -154,10 +174,10 @@ def _column(batch: ak.Array, name: str, path: str | Path) -> ak.Array:
     return values
 
 
-def _jagged_chunk(batch: ak.Array, first_entry: int, mapping: HitMapping, path: str | Path) -> HitChunk:
-    columns = {role: _column(batch, name, path) for role, name in mapping.branches.items()}
-    n = len(batch)
+def _jagged_chunk(columns: dict[str, ak.Array], first_entry: int, mapping: HitMapping, path: str | Path) -> HitChunk:
+    labels = ak.to_numpy(columns.pop("label")) if "label" in columns else None
     reference = next(iter(columns.values()))
+    n = len(reference)
     counts = ak.to_numpy(ak.num(reference, axis=1)) if reference.ndim == 2 else np.ones(n, np.int64)
     hits = {}
     for role, values in columns.items():
@@ -166,7 +186,6 @@ def _jagged_chunk(batch: ak.Array, first_entry: int, mapping: HitMapping, path: 
             raise InputFormatError(f"{path}: branch {mapping.branches[role]!r} ({role}) has {len(flat)} hits in entries "
                                    f"{first_entry}-{first_entry + n - 1}, but the {next(iter(columns))} branch has {counts.sum()}")
         hits[role] = flat
-    labels = ak.to_numpy(batch[mapping.label_branch]) if mapping.label_branch else None
     return HitChunk(np.arange(first_entry, first_entry + n), np.repeat(np.arange(n), counts), _to_cm(hits, mapping), labels)
 
 
@@ -177,15 +196,14 @@ def _to_cm(hits: dict[str, np.ndarray], mapping: HitMapping) -> dict[str, np.nda
     return hits
 
 
-def _flat_batches(arrays: Iterator[ak.Array], mapping: HitMapping, path: str | Path) -> Iterator[dict[str, np.ndarray]]:
-    for batch in arrays:
-        out = {role: ak.to_numpy(batch[name]) for role, name in mapping.branches.items()}
-        if mapping.label_branch:
-            out["label"] = ak.to_numpy(batch[mapping.label_branch])
+def _flat_batches(batches: Iterator[dict[str, ak.Array]], mapping: HitMapping,
+                  path: str | Path) -> Iterator[dict[str, np.ndarray]]:
+    for columns in batches:
+        out = {role: ak.to_numpy(values) for role, values in columns.items()}
         for role, values in out.items():
             if values.ndim != 1:
-                raise InputFormatError(f"{path}: branch {mapping.branches.get(role, role)!r}: with an event branch, "
-                                       "every branch must hold one value per entry (one hit per entry)")
+                raise InputFormatError(f"{path}: branch {mapping.branches.get(role, mapping.label_branch)!r}: with an "
+                                       "event branch, every branch must hold one value per entry (one hit per entry)")
         yield out
 
 
