@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import socket
@@ -25,6 +26,7 @@ from cmsdl.errors import ConfigError
 from cmsdl.serve.app import create_app
 from cmsdl.serve.bodies import Limits
 from cmsdl.serve.server import check_write_access
+from cmsdl.serve.store import ModelStore
 
 TOKEN = "s3cret"
 
@@ -209,8 +211,23 @@ def test_an_upload_that_fails_validation_installs_nothing(service: Client, model
     content = toy_onnx.model_bytes(toy_onnx.softmax_graph(45, 2), contract)
     status, err = service.call("PUT", "/models/broken", content, "application/octet-stream", token=TOKEN)
     assert status == 422 and "cmsdl.preprocessing must be an object" in err["error"]
-    assert not (models_dir / "broken.onnx").exists() and not list(models_dir.glob(".*upload"))
+    assert not (models_dir / "broken.onnx").exists() and not list(models_dir.glob(".*")), "no temporary file is left"
     assert service.call("GET", "/models")[0] == 200
+
+
+def test_an_upload_is_0644_whatever_the_umask_and_replaces_the_old_model(tmp_path: Path) -> None:
+    """The service user may differ from the uploader: an upload is world-readable even under umask 077."""
+    store = ModelStore(tmp_path)
+    store.load_all()
+    old_umask = os.umask(0o077)
+    try:
+        first = store.put("top", toy_onnx.top_model())
+        second = store.put("top", toy_onnx.top_model())
+    finally:
+        os.umask(old_umask)
+    assert (first[1], second[1]) == (False, True) and store.get("top") is second[0]
+    assert (tmp_path / "top.onnx").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["top.onnx"], "no temporary file is left"
 
 
 def test_a_model_whose_graph_cannot_run_is_refused_before_the_swap(service: Client, models_dir: Path) -> None:

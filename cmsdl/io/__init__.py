@@ -2,8 +2,8 @@
 (cmsdl.io.files, re-exported here), and the one ROOT opener for local, root:// and https:// files
 (cmsdl.io.root). Imports no torch."""
 
-from cmsdl.io.files import (MAX_INT_DIGITS, atomic_path, atomic_write, loads_json, read_input_text, write_bytes_atomic,
-                            write_config, write_json)
+from cmsdl.io.files import (MAX_INT_DIGITS, StagedFiles, atomic_path, atomic_write, loads_json, read_input_text,
+                            staged_files, write_bytes_atomic, write_config, write_files_atomic, write_json)
 
-__all__ = ["MAX_INT_DIGITS", "atomic_path", "atomic_write", "loads_json", "read_input_text", "write_bytes_atomic",
-           "write_config", "write_json"]
+__all__ = ["MAX_INT_DIGITS", "StagedFiles", "atomic_path", "atomic_write", "loads_json", "read_input_text",
+           "staged_files", "write_bytes_atomic", "write_config", "write_files_atomic", "write_json"]

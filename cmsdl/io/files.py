@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -16,42 +16,91 @@ from cmsdl.errors import InputFormatError
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "w", file_mode: int | None = None,
+                 **open_kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside `path`; rename it over `path` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as handle:
+    with staged_files(file_mode) as staging:
+        with staging.open(path, mode, **open_kwargs) as handle:
             yield handle
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        staging.commit()
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "", file_mode: int | None = None) -> Iterator[Path]:
     """A temporary path beside `path` for writers that want a file name (uproot); renamed over `path` only if the
     block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_files(file_mode) as staging:
+        yield staging.path(path, suffix)
+        staging.commit()
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, file_mode: int | None = None) -> None:
     """Write bytes under a temporary name beside `path` and rename: a killed run never leaves a half-written file."""
-    with atomic_write(path, "wb") as handle:
-        handle.write(data)
+    write_files_atomic({path: data}, file_mode)
+
+
+def write_files_atomic(files: Mapping[str | os.PathLike, bytes], file_mode: int | None = None) -> None:
+    """Write every file under a temporary name beside it, then rename them all, in order: if any write fails, no
+    target is touched and no temporary file is left."""
+    with staged_files(file_mode) as staging:
+        for path, data in files.items():
+            staging.write(path, data)
+        staging.commit()
+
+
+class StagedFiles:
+    """Files written under temporary names beside their targets (`.<name>.<random>.tmp[suffix]`), given their mode
+    (`file_mode`, else what the umask allows) and renamed over the targets together by `commit()`, in the order
+    they were staged."""
+
+    def __init__(self, file_mode: int | None = None) -> None:
+        self.file_mode = file_mode
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, target)
+
+    def open(self, path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> IO:
+        """A new temporary file for `path`, open for writing."""
+        return os.fdopen(self._stage(Path(path)), mode, **open_kwargs)
+
+    def path(self, path: str | os.PathLike, suffix: str = "") -> Path:
+        """A new (empty) temporary file for `path`, by name."""
+        os.close(self._stage(Path(path), suffix))
+        return self._staged[-1][0]
+
+    def write(self, path: str | os.PathLike, data: bytes) -> None:
+        with self.open(path) as handle:
+            handle.write(data)
+
+    def commit(self) -> None:
+        """Set every staged file's mode, then rename each over its target."""
+        mode = 0o666 & ~_umask() if self.file_mode is None else self.file_mode
+        for tmp, _ in self._staged:
+            os.chmod(tmp, mode)
+        while self._staged:
+            tmp, target = self._staged[0]
+            os.replace(tmp, target)
+            self._staged.pop(0)
+
+    def discard(self) -> None:
+        """Remove the staged files not renamed yet."""
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+    def _stage(self, target: Path, suffix: str = "") -> int:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+        self._staged.append((Path(tmp), target))
+        return fd
+
+
+@contextmanager
+def staged_files(file_mode: int | None = None) -> Iterator[StagedFiles]:
+    """A StagedFiles whose files not committed by the end of the block are removed (on success or failure)."""
+    staging = StagedFiles(file_mode)
+    try:
+        yield staging
+    finally:
+        staging.discard()
 
 
 def _umask() -> int:

@@ -2,8 +2,8 @@
 
 A model's name is its file name without ``.onnx``. An upload is loaded and checked first (valid ONNX, a cmsdl
 contract that agrees with the graph, one test inference), then written to a hidden temporary file (mode 0644:
-the service user may differ from the uploader) and renamed over the old one, so a bad upload never replaces a
-good model. At start-up a bad file is skipped and listed, never fatal. Error texts name files relative to the
+the service user may differ from the uploader) and renamed over the old one (cmsdl.io.staged_files), so a bad
+upload never replaces a good model. At start-up a bad file is skipped and listed, never fatal. Error texts name files relative to the
 model directory, never its absolute path. Imports no torch.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
 from cmsdl.inference import Predictor
+from cmsdl.io import staged_files
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -90,18 +90,13 @@ class ModelStore:
             predictor = Predictor(content, threads=self.threads, label=f"uploaded model {name!r}")
         except ValueError as err:
             raise ValueError(self.relative(str(err))) from None
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".upload", dir=self.directory)
-        try:
-            os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
+        with staged_files(FILE_MODE) as staging:
+            staging.write(self.directory / f"{name}.onnx", content)
             with self._lock:
                 replaced = name in self._models
-                os.replace(tmp, self.directory / f"{name}.onnx")
+                staging.commit()
                 self._models[name] = predictor
                 self.errors.pop(f"{name}.onnx", None)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return predictor, replaced
 
     def delete(self, name: str) -> None:
