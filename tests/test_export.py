@@ -143,7 +143,17 @@ def test_a_checkpoint_without_parity_samples_reads_them_from_its_data(tmp_path: 
     report = export(compose_run_config("export", [f"ckpt={old}", f"out={tmp_path / 'm.onnx'}", "parity.samples=100"]))
     assert f"export: {old} holds no parity samples (written by an older cmsdl): reading them from its data\n" in \
         capsys.readouterr().out
-    assert report["parity"]["samples"] == 100 and (tmp_path / "m.onnx").is_file()
+    assert report["parity"]["samples"] == 64, "the largest batch size compared: more were once reported, not read"
+    assert (tmp_path / "m.onnx").is_file()
+
+
+@pytest.mark.parametrize("samples", ["0", "-3", "many", "true"])
+def test_parity_samples_must_be_a_positive_integer(samples: str, tmp_path: Path, trained_checkpoint: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    status, stderr = run_export(capsys, f"ckpt={trained_checkpoint}", f"out={tmp_path / 'm.onnx'}",
+                                f"parity.samples={samples}")
+    assert status == 2 and stderr.splitlines()[-1].startswith("error: parity.samples: got "), stderr[-2000:]
+    assert "expected an integer >= 1 (at most 64 are compared)" in stderr and not list(tmp_path.iterdir())
 
 
 def test_without_parity_samples_and_without_data_export_fails_in_one_line(tmp_path: Path, trained_checkpoint: Path,

@@ -15,7 +15,6 @@ import copy
 import io
 import json
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -31,12 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import cmsdl
-from cmsdl.callbacks import CHECKPOINT_KEY, split_samples
+from cmsdl.callbacks import CHECKPOINT_KEY, PARITY_SAMPLES, split_samples
 from cmsdl.checkpoint import (checkpoint_task, load_checkpoint, parity_inputs, resolve_checkpoint, restore,
                               restore_model)
 from cmsdl.errors import CmsdlError, ConfigError
 from cmsdl.inference.metadata import ModelContract, TensorSpec
-from cmsdl.io import atomic_write
+from cmsdl.io import write_files_atomic
 
 log = logging.getLogger(__name__)
 INPUT_NAMES = {"tabular": "features", "image": "images"}
@@ -87,15 +86,17 @@ def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
 
 
 def model_and_samples(checkpoint: dict[str, Any], ckpt: Path, cfg: DictConfig) -> tuple[nn.Module, torch.Tensor]:
-    """The trained model and up to parity.samples inputs for the parity check: those stored in the checkpoint, or,
-    for a checkpoint without them (or when `data` overrides say where to read them), from the checkpoint's data."""
+    """The trained model and up to parity.samples (at most PARITY_SAMPLES) inputs for the parity check: those stored
+    in the checkpoint, or, for a checkpoint without them (or when `data` overrides say where to read them), from the
+    checkpoint's data."""
+    n = min(cfg.parity.samples, PARITY_SAMPLES)  # the largest batch size compared: more would never be read
     stored = parity_inputs(checkpoint, ckpt)
     if stored is not None and not cfg.get("data"):
-        return restore_model(checkpoint), stored[: cfg.parity.samples]
+        return restore_model(checkpoint), stored[:n]
     if stored is None:
         print(f"export: {ckpt} holds no parity samples (written by an older cmsdl): reading them from its data")
     datamodule, model = restore(checkpoint, cfg.get("data"))
-    return model, sample_inputs(datamodule, cfg.parity.samples)
+    return model, sample_inputs(datamodule, n)
 
 
 def build_contract(checkpoint: dict[str, Any], model: nn.Module, samples: torch.Tensor, ckpt_path: str) -> ModelContract:
@@ -156,7 +157,7 @@ def onnx_outputs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def check_parity(model_bytes: bytes, graph: nn.Module, samples: torch.Tensor,
-                 batch_sizes: tuple[int, ...] = (1, 7, 64)) -> Parity:
+                 batch_sizes: tuple[int, ...] = (1, 7, PARITY_SAMPLES)) -> Parity:
     """Max |onnxruntime - torch| over real samples, at each batch size (1, a prime, a large one)."""
     diffs = {}
     for size in batch_sizes:
@@ -212,6 +213,10 @@ def check_options(cfg: DictConfig) -> Path:
     out = Path(cfg.out)
     if out.suffix != ".onnx":
         raise ConfigError(f"out: got {str(out)!r}, expected a file name ending in .onnx")
+    samples = cfg.parity.samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"parity.samples: got {samples!r}, expected an integer >= 1 (at most {PARITY_SAMPLES} "
+                          "are compared)")
     if cfg.optimize and cfg.optimize not in OPTIMIZATION_LEVELS:
         raise ConfigError(f"optimize: got {cfg.optimize!r}, expected one of {', '.join(OPTIMIZATION_LEVELS)} or null")
     return out
@@ -262,7 +267,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     report_json = json.dumps(report | {"config": OmegaConf.to_container(cfg)}, indent=2) + "\n"
     files[report_path(out)] = report_json.encode()
     files[out] = model_bytes
-    write_together(files)
+    write_files_atomic(files)
     log.info("exported %s: parity max abs diff %.2e over %d samples", out, parity.worst, len(samples))
     return report
 
@@ -294,19 +299,3 @@ def export_fp16(model: nn.Module, samples: torch.Tensor, contract: ModelContract
         result = {"model": str(path), "max_abs_diff": None, "note": f"not checked on CPU: {err}".splitlines()[0]}
     log.info("fp16 model %s: %s", path, result)
     return model_bytes, result
-
-
-def write_together(files: dict[Path, bytes]) -> None:
-    """Write every file under a staging name beside its target, then rename them all, in order (the main model
-    last); if any write fails, no target is touched and the staged files are removed."""
-    staged = [(target.with_name(f".{target.name}.{os.getpid()}.staged"), target) for target in files]
-    try:
-        for tmp, target in staged:
-            with atomic_write(tmp, "wb") as handle:
-                handle.write(files[target])
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
