@@ -58,9 +58,27 @@ def test_undated_or_same_day_snapshots_are_one_clear_error(tmp_path: Path, files
         load_snapshots(tmp_path)
 
 
-def test_a_glob_that_matches_nothing_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(InputFormatError, match="matches no workflow snapshot"):
+def test_a_glob_or_folder_that_matches_nothing_is_the_error_every_input_gives(tmp_path: Path) -> None:
+    """The same words as `cmsdl predict` (cmsdl.io.root.match_files): the pattern, then why it matched nothing."""
+    with pytest.raises(InputFormatError) as err:
         snapshot_paths(str(tmp_path / "*.json"))
+    assert str(err.value) == f"input: {tmp_path / '*.json'} matches no file (the directory {tmp_path} exists; nothing " \
+        "in it matches)"
+    with pytest.raises(InputFormatError) as err:
+        snapshot_paths(str(tmp_path / "no" / "*.json"))
+    assert str(err.value) == f"input: {tmp_path / 'no' / '*.json'} matches no file: there is no directory " \
+        f"{tmp_path / 'no'}"
+    with pytest.raises(InputFormatError, match=r"matches no file \(the directory .* exists"):
+        snapshot_paths(tmp_path)
+
+
+def test_a_folder_whose_name_looks_like_a_glob_is_read_as_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "runs[1]"
+    folder.mkdir()
+    write(folder / "wf-2026-01-05.json", doc(["a"]))
+    (tmp_path / "runs1").mkdir()
+    write(tmp_path / "runs1" / "wf-2026-01-12.json", doc(["b"]))
+    assert snapshot_paths(folder) == [folder / "wf-2026-01-05.json"]
 
 
 def test_window_keeps_each_workflow_once_with_its_latest_record(tmp_path: Path) -> None:

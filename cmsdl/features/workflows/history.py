@@ -20,6 +20,7 @@ from pathlib import Path
 from cmsdl.errors import ConfigError, InputFormatError, shown
 from cmsdl.features.workflows.records import Workflow, load_workflows
 from cmsdl.io import loads_json, read_input_text
+from cmsdl.io.root import has_magic, match_files
 
 _NAME_DATE = re.compile(r"(?<![0-9])([0-9]{4})-?([0-9]{2})-?([0-9]{2})(?![0-9])")
 
@@ -34,17 +35,19 @@ class Snapshot:
 
 
 def snapshot_paths(spec: str | Path) -> list[Path]:
-    """The files named by `spec`: one file, the *.json files of a directory, or the matches of a glob."""
+    """The files named by `spec`: one file, the *.json files of a directory, or the matches of a glob (through
+    cmsdl.io.root.match_files, so a glob that matches nothing is the same error as for every other input)."""
     text = str(spec)
-    path = Path(text)
-    if path.is_dir():
-        paths = sorted(p for p in path.glob("*.json") if p.is_file())
-    elif glob.has_magic(text):
-        paths = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
-    else:
-        return [path]
+    if Path(text).is_dir():
+        text = str(Path(glob.escape(text)) / "*.json")
+    elif not has_magic(text):
+        return [Path(text)]
+    try:
+        paths = [Path(p) for p in match_files(text) if Path(p).is_file()]
+    except InputFormatError as err:
+        raise InputFormatError(f"input: {err}") from None
     if not paths:
-        raise InputFormatError(f"input: {text} matches no workflow snapshot (*.json) files")
+        raise InputFormatError(f"input: {text} matches only directories, expected workflow snapshot (*.json) files")
     return paths
 
 
