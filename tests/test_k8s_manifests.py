@@ -267,3 +267,20 @@ def test_cli_render_writes_manifests_that_validate(tmp_path: Path) -> None:
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     for template in pod_templates(job):
         kubernetes_validate.validate(template, VERSIONS[-1], strict=True)
+
+
+def test_the_train_overrides_reach_the_manifests_as_arguments_not_module_state(tmp_path: Path) -> None:
+    """cmsdl.k8s.app once kept the overrides in a module-level list that the Hydra task read back."""
+    import cmsdl.k8s.app as app
+
+    assert not [name for name, value in vars(app).items()
+                if isinstance(value, (list, dict, set)) and not name.startswith("__")]
+    hydra_args, train = app.parse_arguments(["render", "k8s.nodes=1", f"out={tmp_path / 'job.yaml'}", *TRAIN])
+    assert hydra_args == ["action=render", "k8s.nodes=1", f"out={tmp_path / 'job.yaml'}"] and train == TRAIN
+    cfg = OmegaConf.create({"action": "render", "out": str(tmp_path / "job.yaml"), "follow": True,
+                            "k8s": k8s_config(nodes=1)})
+    app.run(cfg, train)
+    [_, job] = yaml.safe_load_all((tmp_path / "job.yaml").read_text())
+    assert job["metadata"]["name"].startswith("cmsdl-workflow-actions-")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert set(TRAIN) <= set(args)

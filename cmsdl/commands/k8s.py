@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.k8s.app import prepare_argv, run
+from cmsdl.k8s.app import parse_arguments, run
 
 
-@hydra_app("k8s", prepare_argv=prepare_argv)
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    """The `cmsdl train` overrides are split off the command line first and handed to the Hydra app by closure."""
+    hydra_args, train_overrides = parse_arguments(sys.argv[1:])
+
+    @hydra_app("k8s", prepare_argv=lambda _args: hydra_args)
+    def k8s(cfg: DictConfig) -> None:
+        run(cfg, train_overrides)
+
+    k8s()

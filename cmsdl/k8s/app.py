@@ -20,7 +20,6 @@ from cmsdl.k8s.manifests import check_name, check_namespace, default_name, exper
 log = logging.getLogger(__name__)
 ACTIONS = ("render", "submit", "status", "logs", "delete")
 OWN_KEYS = ("k8s", "out", "follow", "action")
-_train_overrides: list[str] = []
 
 
 def is_own(arg: str) -> bool:
@@ -51,8 +50,8 @@ def check_train_overrides(overrides: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def job_name(cfg: DictConfig) -> str:
-    return cfg.k8s.name or default_name(experiment_of(_train_overrides))
+def job_name(cfg: DictConfig, train_overrides: list[str]) -> str:
+    return cfg.k8s.name or default_name(experiment_of(train_overrides))
 
 
 def print_status(state: dict) -> None:
@@ -64,11 +63,11 @@ def print_status(state: dict) -> None:
         print(f"{pod['pod']:<56} {pod['rank']:>4}  {pod['phase'] or '?':<10} {pod['restarts']:>8}  {pod['node']}")
 
 
-def run(cfg: DictConfig) -> None:
-    """Do one action; render and submit build the manifests from cfg.k8s and the train overrides."""
+def run(cfg: DictConfig, train_overrides: list[str]) -> None:
+    """Do one action; render and submit build the manifests from cfg.k8s and the `cmsdl train` overrides."""
     action, flavour = cfg.action, cfg.k8s.flavour
     if action in ("render", "submit"):
-        manifests = render(cfg.k8s, _train_overrides, name=job_name(cfg))
+        manifests = render(cfg.k8s, train_overrides, name=job_name(cfg, train_overrides))
         if action == "render":
             text = to_yaml(manifests)
             if cfg.out:
@@ -96,26 +95,25 @@ def run(cfg: DictConfig) -> None:
         print(f"deleted {', '.join(cluster.delete(cfg.k8s.name, flavour))} in namespace {cfg.k8s.namespace}")
 
 
-def prepare_argv(args: list[str]) -> list[str]:
-    """`cmsdl k8s <action> ...` → Hydra's arguments for configs/k8s.yaml; the training overrides are kept aside."""
-    global _train_overrides
+def parse_arguments(args: list[str]) -> tuple[list[str], list[str]]:
+    """`cmsdl k8s <action> ...` → (Hydra's arguments for configs/k8s.yaml, the `cmsdl train` overrides, checked)."""
     if args and args[0].startswith("-"):  # --help, --cfg job, ...
-        return args
+        return args, []
     action = args[0] if args else ""
     if action not in ACTIONS:
         hint = closest(action, ACTIONS)
         print(f"error: cmsdl k8s: unknown action {action!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
               + f" (expected one of {', '.join(ACTIONS)})", file=sys.stderr)
         raise SystemExit(2)
-    own, _train_overrides = split_arguments(args[1:])
-    if _train_overrides and action not in ("render", "submit"):
-        print(f"error: cmsdl k8s {action}: unexpected arguments {' '.join(_train_overrides)} "
+    own, train_overrides = split_arguments(args[1:])
+    if train_overrides and action not in ("render", "submit"):
+        print(f"error: cmsdl k8s {action}: unexpected arguments {' '.join(train_overrides)} "
               "(expected k8s.name=<job> and other k8s.* settings)", file=sys.stderr)
         raise SystemExit(2)
     if action in ("render", "submit"):
         try:
-            check_train_overrides(_train_overrides)
+            check_train_overrides(train_overrides)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-    return [f"action={action}", *own]
+    return [f"action={action}", *own], train_overrides
