@@ -1,5 +1,6 @@
 """hits2png on files laid out as EDM4hep, Delphes and NanoAOD write them, through a branch mapping alone, and on
-root:// inputs from a real XRootD server (opened by cmsdl.io.root, as the ROOT tables are).
+root:// inputs from a real XRootD server and http:// ones
+from a loopback server (opened by cmsdl.io.root, as the ROOT tables are).
 
 uproot cannot write split TBranchElements, so the TTree writers here put each split branch's children at the top
 with the children's own names (`TrackerHits.position.x`, `Track.X`); uproot shows the real files' subbranches by
@@ -10,7 +11,9 @@ is written as it is: a collection field `TrackerHits` of records with a `positio
 from __future__ import annotations
 
 import csv
+import http.server
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from cmsdl.features.images.png import decode_png
 from cmsdl.features.images.render import regularize_spec, render_event
 from cmsdl.sim.tracker import simulate_events
 from conftest import run_cmsdl
+from tests.test_root_remote import RangeHandler
 from tests.xrootd_server import stoppable_xrootd_server, xrootd_server  # noqa: F401  fixtures
 
 N_EVENTS = 10
@@ -146,6 +150,21 @@ def test_root_urls_convert_like_local_files(xrootd_server, tmp_path: Path) -> No
     rerun = run_cmsdl("hits2png", f"input={xrootd_server.url('hits2png/*.root')}", "out=remote", "workers=0",
                       *mapping, *COMMON, cwd=tmp_path)
     assert "6 of 6 chunks already done" in rerun.stdout
+
+
+def test_http_urls_convert_like_local_files(tmp_path: Path) -> None:
+    writer, mapping = FORMATS["delphes"]
+    local = write_inputs(tmp_path / "in", writer)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    server.directory = local
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        urls = [f"http://127.0.0.1:{server.server_address[1]}/{p}_0.root" for p in PROCESSES]
+        run_cmsdl("hits2png", f"input=[{','.join(urls)}]", "out=img", "workers=0", *mapping, *COMMON, cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert [r["file"] for r in manifest(tmp_path / "img")][::N_EVENTS] == urls
+    assert_images_match_the_hits(tmp_path / "img")
 
 
 def test_a_stopped_server_is_one_error_line(stoppable_xrootd_server, tmp_path: Path) -> None:  # noqa: F811
