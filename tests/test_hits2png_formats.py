@@ -1,6 +1,6 @@
 """hits2png on files laid out as EDM4hep, Delphes and NanoAOD write them, through a branch mapping alone, and on
-root:// inputs from a real XRootD server and http:// ones
-from a loopback server (opened by cmsdl.io.root, as the ROOT tables are).
+root:// inputs from a real XRootD server and http:// ones from a loopback server (opened by cmsdl.io.root, as the
+ROOT tables are).
 
 uproot cannot write split TBranchElements, so the TTree writers here put each split branch's children at the top
 with the children's own names (`TrackerHits.position.x`, `Track.X`); uproot shows the real files' subbranches by
