@@ -143,6 +143,8 @@ def test_every_readme_block_runs_in_order(tmp_path: Path) -> None:
     env.pop("CMSDL_SERVE_TOKEN", None)
     proc = subprocess.run(["bash", "readme.sh"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=3600)
     output = proc.stdout + proc.stderr
+    if os.environ.get("CMSDL_README_TRANSCRIPT"):  # where to keep what every command printed
+        Path(os.environ["CMSDL_README_TRANSCRIPT"]).write_text(output)
     assert proc.returncode == 0, f"a README command failed:\n{output[-6000:]}"
     statuses = re.findall(r"http status (\d+)", output)
     assert statuses and all(s.startswith("2") for s in statuses), f"curl answers: {statuses}\n{output[-3000:]}"
