@@ -27,6 +27,7 @@ SKIPPED: dict[str, str] = {
     r"trainer=gpu": "needs a CUDA GPU",
     r"^cmsdl hits2png (input='runs/|input=flat\.root|\.\.\.)": "illustrates the branch mapping for ROOT files of the "
                                                                "user's own (runs/**/*.root, flat.root)",
+    r"root://eos": "needs a remote XRootD server (tests/test_hits2png_formats.py reads root:// from a local one)",
     r"^cmsdl k8s (submit|status|logs|delete)\b": "needs a Kubernetes API server",
     r"hydra/launcher=k8s": "needs a Kubernetes API server (tests/test_user_paths.py runs it against a stand-in)",
     r"^kubectl (?!kustomize)": "needs a Kubernetes cluster",
