@@ -46,11 +46,17 @@ def _current_overrides(root: Any = None) -> tuple[str, list[str]]:
     return str(hc.mode).split(".")[-1], _comparable(list(hc.overrides.task))
 
 
+MAX_SAVED_YAML_BYTES = 4 << 20  # Hydra's saved overrides are a few hundred bytes; anything this large is not one
+
+
 def _read_yaml_text(path: Path) -> Any:
-    """A saved YAML file as plain data: `${...}` in saved overrides stays text, never resolved."""
+    """A saved YAML file as plain data: `${...}` in saved overrides stays text, never resolved; unreadable, oversized
+    or malformed files count as absent."""
     try:
+        if path.stat().st_size > MAX_SAVED_YAML_BYTES:
+            return None
         return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return None
 
 

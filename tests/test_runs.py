@@ -53,3 +53,17 @@ def test_ranks_of_one_torchrun_launch_agree_on_the_run_name(tmp_path: Path, monk
     time.sleep(1.1)
     assert run_name(str(tmp_path), False) == first, "ranks starting a second apart share the launcher's start time"
     assert first == process_start(os.getppid()).strftime("%Y-%m-%d_%H-%M-%S")
+
+
+@pytest.mark.parametrize("content", [
+    b"\xff\xfe not utf-8",
+    b"- a\n- [unclosed",
+    b"[" * 100_000,
+    b"- ${oc.env:HOME}\n- x=${undefined.key}",
+    b"a" * ((4 << 20) + 1),
+])
+def test_a_broken_or_crafted_saved_overrides_file_is_never_matched(tmp_path: Path, content: bytes) -> None:
+    make_run(tmp_path, "good", ["experiment=workflow_actions"])
+    bad = make_run(tmp_path, "z-bad", ["experiment=workflow_actions"])
+    (bad / ".hydra" / "overrides.yaml").write_bytes(content)
+    assert find_resumable_run(tmp_path, "RUN", ["experiment=workflow_actions"]) == "good"
