@@ -68,7 +68,7 @@ class ValueRule:
 
 
 TRAIN_VALUE_RULES: tuple[ValueRule, ...] = (
-    ValueRule("seed", int, lambda v: v >= 0, "an integer >= 0"),
+    ValueRule("seed", int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1"),
     ValueRule("trainer.max_epochs", int, lambda v: v >= -1, "an integer >= 1 (or -1: no limit)"),
     ValueRule("trainer.min_epochs", int, lambda v: v >= 0, "an integer >= 0"),
     ValueRule("data.batch_size", int, lambda v: v >= 1, "an integer >= 1"),

@@ -82,7 +82,9 @@ def test_resume_picks_the_newest_unfinished_run_and_never_a_finished_one(workdir
     ("model.optimizer.lr=abc", "model.optimizer.lr", "a number > 0"),
     ("data.batch_size=-5", "data.batch_size", "an integer >= 1"),
     ("trainer.max_epochs=abc", "trainer.max_epochs", "an integer >= 1"),
-    ("seed=abc", "seed", "an integer >= 0"),
+    ("seed=abc", "seed", "an integer from 0 to 2**32 - 1"),
+    ("seed=99999999999999999999", "seed", "an integer from 0 to 2**32 - 1"),
+    ("model.optimizer.lr=1e400", "model.optimizer.lr", "a number > 0"),
     ("model.net.dropout=1.5", "model.net.dropout", "a number in [0, 1)"),
 ])
 def test_a_bad_value_is_one_error_line_naming_the_key(workdir: Path, override: str, key: str, expected: str) -> None:
