@@ -185,6 +185,9 @@ def test_rolling_window_command_reports_every_model_and_resumes(records_file: Pa
     assert "AUC dnn" in first.stdout and (out / "windows.png").stat().st_size > 1000
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == models
+    dnn_aucs = [float(r["auc"]) for r in rows if r["model"] == "dnn"]
+    assert summary["models"]["dnn"]["auc_std_weeks"] == pytest.approx(float(np.std(dnn_aucs)), abs=1e-9)
+    assert "mean ± std over weeks" in first.stdout
     assert all(int(r["n_new"]) >= int(r["n_new_popular"]) >= 0 for r in rows)
     candidates = summary["candidates"]
     assert candidates["n"] == sum(int(r["n"]) for r in rows if r["model"] == "dnn") and candidates["n_new"] > 0

@@ -171,6 +171,7 @@ def write_outputs(out: Path, windows: list[dict[str, Any]], bad: list[Any]) -> d
         mine = [r for r in rows if r["model"] == m]
         summary["models"][m] = {k: float(np.nanmean([r[k] for r in mine])) for k in
                                 ("auc", "fpr", "fnr", "tb_per_1pct_fpr", "extra_tb", "fit_s")}
+        summary["models"][m]["auc_std_weeks"] = float(np.nanstd([r["auc"] for r in mine]))
     write_json(out / "summary.json", summary)
     return summary
 
@@ -229,9 +230,10 @@ def print_table(summary: dict[str, Any], windows: list[dict[str, Any]]) -> None:
         d = by_model[DNN]
         print(f"{w['week']} | " + " | ".join(f"{by_model[m]['auc']:.3f}" for m in models)
               + f" | {d['fpr']:.3f} | {d['fnr']:.3f} | {d['tb_per_1pct_fpr']:.1f}")
-    print("mean | " + " | ".join(f"{summary['models'][m]['auc']:.3f}" for m in models))
+    print("mean ± std over weeks | " + " | ".join(
+        f"{summary['models'][m]['auc']:.3f} ± {summary['models'][m]['auc_std_weeks']:.3f}" for m in models))
     for m, s in summary["models"].items():
-        print(f"{m}: AUC {s['auc']:.3f}, FPR {s['fpr']:.3f}, FNR {s['fnr']:.3f}, "
+        print(f"{m}: AUC {s['auc']:.3f} ± {s['auc_std_weeks']:.3f} (over weeks), FPR {s['fpr']:.3f}, FNR {s['fnr']:.3f}, "
               f"{s['tb_per_1pct_fpr']:.1f} TB of transfers per 1% FPR, {s['fit_s']:.2f} s per window")
     c = summary["candidates"]
     print(f"candidates ({c['rule']}): {c['n']} dataset-weeks, {c['n_popular']} popular; not candidates, not "
