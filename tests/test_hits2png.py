@@ -164,14 +164,19 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
     assert len(manifest(tmp_path / "img")) == 20 and good.is_file()
 
 
-def test_killed_midway_then_rerun_completes_without_duplicates(tmp_path: Path) -> None:
+def start_slow_conversion(tmp_path: Path, n_files: int, workers: int) -> tuple[subprocess.Popen, list[str]]:
+    """`cmsdl hits2png` started in the background on qcd files, in small chunks that each take a while."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    for k in range(3):
+    for k in range(n_files):
         write_sim(raw / f"qcd_{k}.root", "qcd", 200, seed=k)
     args = [sys.executable, "-m", "cmsdl.cli", "hits2png", "input=raw/*.root", "out=img", "labels.files={qcd: 'qcd_*'}",
-            "size=48", "step_size=10", "workers=1", "compress_level=9", "progress=false"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            "size=48", "step_size=10", f"workers={workers}", "compress_level=9", "progress=false"]
+    return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), args
+
+
+def test_killed_midway_then_rerun_completes_without_duplicates(tmp_path: Path) -> None:
+    proc, args = start_slow_conversion(tmp_path, n_files=3, workers=1)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((tmp_path / "img" / ".parts").glob("*.csv"))) < 3:
         time.sleep(0.05)
@@ -270,13 +275,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for k in range(2):
-        write_sim(raw / f"qcd_{k}.root", "qcd", 200, seed=k)
-    args = [sys.executable, "-m", "cmsdl.cli", "hits2png", "input=raw/*.root", "out=img", "labels.files={qcd: 'qcd_*'}",
-            "size=48", "step_size=10", "workers=2", "compress_level=9", "progress=false"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, _ = start_slow_conversion(tmp_path, n_files=2, workers=2)
     workers: list[int] = []
     try:
         deadline = time.time() + 120
