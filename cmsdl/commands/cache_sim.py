@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.tools.cache_sim import cache_sim
 
 
 @hydra_app("cache_sim")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.tools.cache_sim import cache_sim
     cache_sim(cfg)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.tools.cluster import cluster_workflows
 
 
 @hydra_app("cluster_workflows")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.tools.cluster import cluster_workflows
     cluster_workflows(cfg)

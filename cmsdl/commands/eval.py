@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.evaluate import evaluate
 
 
 @hydra_app("eval")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.evaluate import evaluate
     evaluate(cfg)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.export.exporter import export
 
 
 @hydra_app("export")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.export.exporter import export
     export(cfg)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.features.images.convert import run
 
 
 @hydra_app("hits2png")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.features.images.convert import run
     run(cfg)

@@ -7,11 +7,12 @@ import sys
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.k8s.app import parse_arguments, run
 
 
 def main() -> None:
     """The `cmsdl train` overrides are split off the command line first and handed to the Hydra app by closure."""
+    from cmsdl.k8s.app import parse_arguments, run
+
     hydra_args, train_overrides = parse_arguments(sys.argv[1:])
 
     @hydra_app("k8s", prepare_argv=lambda _args: hydra_args)

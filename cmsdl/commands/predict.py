@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.predict import predict
 
 
 @hydra_app("predict")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.predict import predict
     predict(cfg)

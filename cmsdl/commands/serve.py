@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.serve.server import serve
 
 
 @hydra_app("serve")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.serve.server import serve
     serve(cfg)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.sim.tracker import run
 
 
 @hydra_app("simulate")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.sim.tracker import run
     run(cfg)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.sim.transfers import write_simulated_transfers
 
 
 @hydra_app("simulate_transfers")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.sim.transfers import write_simulated_transfers
     write_simulated_transfers(cfg)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.sim.workflows import write_simulated_workflows
 
 
 @hydra_app("simulate_workflows")
 def main(cfg: DictConfig) -> None:
+    from cmsdl.sim.workflows import write_simulated_workflows
     write_simulated_workflows(cfg)

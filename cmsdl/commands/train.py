@@ -7,11 +7,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cmsdl.config import hydra_app
-from cmsdl.train import print_next_steps, train
 
 
 @hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
+    from cmsdl.train import print_next_steps, train
     summary = train(cfg)
     print_next_steps(Path(summary["run_dir"]), cfg)
     monitor = cfg.get("optimized_metric")
