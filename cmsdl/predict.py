@@ -4,7 +4,7 @@ Inputs, by file type: ``.json`` records in the training data's format (e.g. a wo
 raw feature rows with a header of feature names, ``.npy`` model-ready tensors, ``.png`` files or folders of
 them for image models, ``.root`` files or root:// / https:// URLs for models trained on ROOT tables (scores go
 to one file per input, cmsdl/inference/scores.py). Several files or globs may be given. Runs on cmsdl.inference
-(no torch).
+(no torch). `shard.index=i shard.count=n` scores only every n-th work unit and merges (cmsdl/predict_shards.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from cmsdl.inference import InputError, Prediction, Predictor
 from cmsdl.inference.scores import output_names, output_path, score_files
 from cmsdl.io import atomic_write, loads_json, read_input_text
 from cmsdl.io.root import is_remote, match_files
+from cmsdl.predict_shards import (Shard, merge_parts, merge_when_complete, parts_directory, run_shard,
+                                  shard_from_config)
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".json", ".csv", ".npy", ".png", ".root")
@@ -238,17 +240,24 @@ def is_root_input(item: Path | str) -> bool:
     return isinstance(item, str) or item.suffix.lower() == ".root"
 
 
-def predict_root(predictor: Predictor, files: list[Path | str], out: Path, fmt: str, model: str = "model") -> Path:
-    """Scores of every entry of every ROOT input, one file per input in `out`; failed files are listed."""
+def predict_root(predictor: Predictor, files: list[Path | str], out: Path, fmt: str, model: str = "model",
+                 shard: Shard = Shard()) -> Path:
+    """Scores of every entry of every ROOT input (this shard's inputs: i, i + n, ...), one file per input in `out`,
+    named as a run over all inputs names them; failed files are listed."""
     if out.suffix.lower() in (".csv", ".json") or (out.exists() and not out.is_dir()):
         raise ConfigError(f"out: ROOT inputs are scored into a directory (one file per input), got {out}")
-    written, failed = score_files(predictor, [str(f) for f in files], out, fmt, model=str(model))
-    print(f"wrote {len(written)} score files to {out}" + (f"; {len(failed)} input file(s) failed:" if failed else ""))
+    every = [str(f) for f in files]
+    names = output_names(every, fmt)
+    mine = shard.units_of(every)
+    written, failed = score_files(predictor, mine, out, fmt, model=str(model), names=names)
+    print(f"wrote {len(written)} score files to {out}" + (f" (shard {shard.index} of {shard.count})"
+                                                          if shard.count > 1 else "")
+          + (f"; {len(failed)} input file(s) failed:" if failed else ""))
     for message in failed:
         print(f"  {message}")
-    for path, name in output_names([str(f) for f in files], fmt).items():
-        if name != output_path(out, path, fmt).name:
-            print(f"  {path} → {out / name} (inputs share the file name)")
+    for path in mine:
+        if names[path] != output_path(out, path, fmt).name:
+            print(f"  {path} → {out / names[path]} (inputs share the file name)")
     if failed:
         raise SystemExit(1)
     return out
@@ -256,6 +265,9 @@ def predict_root(predictor: Predictor, files: list[Path | str], out: Path, fmt: 
 
 def predict(cfg: DictConfig) -> Path:
     out = Path(cfg.out)
+    shard = shard_from_config(cfg.get("shard"))
+    if cfg.get("merge_only"):
+        return merge_only(out)
     try:
         predictor = Predictor(cfg.onnx, threads=cfg.threads, providers=cfg.providers)
     except ValueError as err:
@@ -263,12 +275,26 @@ def predict(cfg: DictConfig) -> Path:
     spec = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else cfg.input
     files = expand_inputs(spec)
     if files and all(map(is_root_input, files)):
-        return predict_root(predictor, files, out, cfg.get("format", "root"), model=str(cfg.onnx))
+        return predict_root(predictor, files, out, cfg.get("format", "root"), model=str(cfg.onnx), shard=shard)
     if any(map(is_root_input, files)):
         raise ConfigError("input: mix of ROOT files and other inputs; score ROOT files in a run of their own")
     if out.suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"out: {out} should end in .csv or .json")
+    if shard.count > 1:
+        run_shard(predictor, str(cfg.onnx), files, out, cfg.batch_size, shard)
+        merge_when_complete(out)
+        return out
     ids, prediction = predict_files(predictor, files, cfg.batch_size)
     write_predictions(out, ids, prediction)
     print(f"wrote {len(ids)} predictions to {out}")
+    return out
+
+
+def merge_only(out: Path) -> Path:
+    """`merge_only=true`: the parts of a sharded run merged into `out`; ROOT score directories need no merge."""
+    if out.suffix.lower() not in (".csv", ".json"):
+        print(f"nothing to merge: ROOT inputs are scored one file per input into {out} by the shards themselves")
+        return out
+    rows = merge_parts(out)
+    print(f"merged {rows} predictions from {parts_directory(out)} into {out}")
     return out

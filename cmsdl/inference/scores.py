@@ -189,8 +189,9 @@ def _write_root(out: Path, columns: dict[str, np.ndarray]) -> Path:
 
 
 def score_files(predictor: Any, paths: list[str], out_dir: Path, fmt: str = "root", progress: bool = True,
-                model: str = "model") -> tuple[list[Path], list[str]]:
-    """Score every file into `out_dir`; a file that fails is reported (returned) and skipped."""
+                model: str = "model", names: dict[str, str] | None = None) -> tuple[list[Path], list[str]]:
+    """Score every file into `out_dir`; a file that fails is reported (returned) and skipped. `names`: the score
+    file of each input (default: output_names of `paths`; a shard of a larger run passes the names of all inputs)."""
     from tqdm import tqdm
 
     if fmt not in FORMATS:
@@ -198,7 +199,7 @@ def score_files(predictor: Any, paths: list[str], out_dir: Path, fmt: str = "roo
     shape = predictor.contract.input.shape
     spec = spec_of(predictor.preprocessing, shape[1] if isinstance(shape, list) and len(shape) == 2 else shape, model)
     paths = list(dict.fromkeys(paths))
-    names = output_names(paths, fmt)
+    names = output_names(paths, fmt) if names is None else names
     written, failed = [], []
     with output_directory(out_dir) as removed:
         if removed:
