@@ -259,3 +259,35 @@ def test_rntuple_files_read_like_ttrees(tmp_path: Path) -> None:
     x, y = rows_of(dm, "train")
     assert x.shape[1] == 6 and set(np.unique(y)) == {0, 1}
     assert len(dm.split_ids("train")) + len(dm.split_ids("val")) + len(dm.split_ids("test")) == 1600
+
+
+def write_delphes_like(path: Path, n: int, rng: np.random.Generator) -> None:
+    """Delphes' layout as uproot writes it: `Jet_size` and `Jet.PT` at the top (real Delphes files hold `Jet.PT` as
+    the subbranch `Jet/Jet.PT`; uproot cannot write split branches), a flat branch with a '/' in its name."""
+    counts = rng.integers(0, 6, n)
+    jets = ak.zip({"PT": ak.unflatten(rng.exponential(30, counts.sum()).astype(np.float32), counts)})
+    with uproot.recreate(path) as f:
+        tree = f.mktree("Delphes", {"Jet": jets.type.content, "MET/MET": np.float32},
+                        counter_name=lambda c: f"{c}_size", field_name=lambda outer, inner: f"{outer}.{inner}")
+        tree.extend({"Jet": jets, "MET/MET": rng.exponential(30, n).astype(np.float32)})
+
+
+def test_branches_named_by_their_full_path(tmp_path: Path) -> None:
+    """A spec may name a branch by its full path (`Jet/Jet.PT`, as ROOT's TBrowser shows Delphes files) or with a '/'
+    in its own name: found as hits2png finds them (cmsdl.io.root.resolve_branch and branch_array)."""
+    rng = np.random.default_rng(7)
+    files = {}
+    for name in ("sig", "bkg"):
+        write_delphes_like(tmp_path / f"{name}.root", 600, rng)
+        files[name] = [str(tmp_path / f"{name}.root")]
+    spec = {"tree": "Delphes", "files": files, "flat": {"met": "MET/MET"},
+            "collections": {"jet": {"fields": {"pt": "Jet/Jet.PT"}, "sort_by": "pt", "length": 2}},
+            "derived": {"HT": "sum(jet_pt)"}, "selection": "n >= 0", "aliases": {"jet_pt": "Jet/Jet.PT", "n": "Jet_size"}}
+    dm = RootTableDataModule(spec, standardize=False, progress=False)
+    x, y = rows_of(dm, "train")
+    with uproot.open(files["sig"][0]) as f:
+        met, pt = f["Delphes"]["MET/MET"].array(library="np"), f["Delphes"]["Jet.PT"].array()
+    ids = np.array([int(i.rsplit(":", 1)[1]) for i in dm.split_ids("train") if i.startswith(files["sig"][0] + ":")])
+    assert dm.feature_names == ["met", "HT", "jet_n", "jet1_pt", "jet2_pt"]
+    assert np.allclose(np.sort(x[y == 0, 0]), np.sort(met[ids]))
+    assert np.allclose(np.sort(x[y == 0, 1]), np.sort(ak.to_numpy(ak.sum(pt[ids], axis=1))), rtol=1e-5)

@@ -19,7 +19,7 @@ import numpy as np
 
 from cmsdl.errors import CmsdlError, ConfigError, InputFormatError, closest
 from cmsdl.features.root_table.spec import Collection, FeatureSpec, parse_spec
-from cmsdl.io.root import match_files, open_root
+from cmsdl.io.root import branch_array, branch_names, match_files, open_root, resolve_branch
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,21 @@ def open_tree(path: str, spec: FeatureSpec, timeout_s: float = 30, retries: int 
     return tree
 
 
-def check_branches(tree: Any, spec: FeatureSpec, path: str) -> None:
-    """One error for the first branch the spec reads that the tree lacks, with the closest existing names."""
-    existing = set(tree.keys(recursive=True, full_paths=True)) | set(tree.keys(recursive=True, full_paths=False))
+def check_branches(tree: Any, spec: FeatureSpec, path: str) -> dict[str, str]:
+    """The tree's name of every branch the spec reads (its own, or for `parent/child` a child stored at the top: see
+    cmsdl.io.root.resolve_branch); one error for the first one the tree lacks, with the closest existing names."""
+    existing = branch_names(tree)
+    resolved = {}
     for name in spec.branches():
-        if name not in existing:
+        key = resolve_branch(name, existing)
+        if key is None:
             hint = closest(name, existing, n=5)
             raise InputFormatError(
                 f"{path}: tree {spec.tree!r} has no branch {name!r}"
                 + (f"; closest: {', '.join(hint)}" if hint else f"; it has {len(existing)} branches, e.g. "
                    + ", ".join(sorted(existing)[:12])))
+        resolved[name] = key
+    return resolved
 
 
 def plan_units(spec: FeatureSpec, step_size: int | str = "50 MB", timeout_s: float = 30,
@@ -128,7 +133,8 @@ def entries_for_bytes(tree: Any, branches: list[str], size: str, n_entries: int,
     if row_bytes:
         return max(1, int(limit // row_bytes))
     try:
-        total = sum(tree[name].uncompressed_bytes for name in branches)
+        existing = branch_names(tree)
+        total = sum(tree[resolve_branch(name, existing) or name].uncompressed_bytes for name in branches)
     except AttributeError:  # an RNTuple: its fields do not carry byte counts; uproot's estimate reads them
         return int(tree.num_entries_for(limit, filter_name=branches))
     return max(1, int(limit * n_entries / max(total, 1)))
@@ -138,23 +144,25 @@ def read_unit(spec: FeatureSpec, unit: ReadUnit, tree: Any = None) -> FeatureChu
     """Feature rows of a unit's entries (all of them; `selected` says which pass the selection)."""
     if tree is None:
         tree = open_tree(unit.path, spec)
+    keys = check_branches(tree, spec, unit.path)
     try:
-        arrays = tree.arrays(filter_name=spec.branches(), entry_start=unit.entry_start, entry_stop=unit.entry_stop,
+        arrays = tree.arrays(filter_name=list(dict.fromkeys(keys.values())), entry_start=unit.entry_start, entry_stop=unit.entry_stop,
                              library="ak", array_cache=None)  # uproot's per-file cache would keep every unit alive
     except CmsdlError:
         raise
     except Exception as err:
         raise InputFormatError(f"{unit.path}: cannot read entries {unit.entry_start}-{unit.entry_stop} "
                                f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
-    return compute_chunk(spec, {name: _field(arrays, name) for name in spec.branches()}, unit)
+    return compute_chunk(spec, {name: _branch(arrays, key, unit.path) for name, key in keys.items()}, unit)
 
 
-def _field(arrays: ak.Array, name: str) -> ak.Array:
-    """A branch by name; in an RNTuple, "Jet.pt" is the field pt of the record Jet."""
-    if name in arrays.fields:
-        return arrays[name]
-    head, _, rest = name.partition(".")
-    return _field(arrays[head], rest)
+def _branch(arrays: ak.Array, key: str, path: str) -> ak.Array:
+    """A branch of what uproot read (in an RNTuple "Jet.pt" is the field pt of the record Jet; a subbranch
+    `Jet/Jet.PT` comes back as `Jet.PT`)."""
+    try:
+        return branch_array(arrays, key)
+    except KeyError:
+        raise InputFormatError(f"{path}: branch {key!r} was read but uproot returned only {arrays.fields}") from None
 
 
 def compute_chunk(spec: FeatureSpec, arrays: Mapping[str, ak.Array], unit: ReadUnit) -> FeatureChunk:
@@ -219,13 +227,18 @@ def fill_collection(collection: Collection, arrays: Mapping[str, ak.Array], path
         local = order[np.minimum(offsets[:-1, None] + slots, total - 1)]
     source = np.where(slots < counts[:, None], offsets[:-1, None] + local, total)
     out[:, 0] = counts
-    out[:, 1:] = table.take(source.reshape(-1), axis=0).reshape(n, -1)
+    np.take(table, source, axis=0, mode="clip",
+            out=np.reshape(out[:, 1:], (n, collection.length, len(lists)), copy=False))  # slots written in place
 
 
 def _flat_lists(values: ak.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(offsets from 0, flat content) of a list-per-entry array."""
     if values.ndim != 2:
         raise ConfigError(f"{where}: expected a list per entry (a jagged branch), got {values.ndim - 1} levels")
+    layout = ak.to_layout(values)
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
+        offsets = np.asarray(layout.offsets, dtype=np.int64)  # what uproot gives: no awkward call needed
+        return offsets - offsets[0], np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
     values = ak.to_packed(ak.from_regular(values, axis=1) if isinstance(ak.to_layout(values), ak.contents.RegularArray)
                           else values)
     offsets = np.asarray(ak.to_layout(values).offsets, dtype=np.int64)
