@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import sys
+from pathlib import Path
 
 import cmsdl
-from cmsdl.errors import closest
+from cmsdl.errors import CmsdlError, closest
 
 # subcommand → (module of cmsdl.commands whose `main` is the Hydra app, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,6 +30,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "batch prediction with an exported model: files -> CSV/JSON"),
     "serve": ("serve", "REST service for a directory of ONNX models (TFaaS successor)"),
 }
+
+
+# extra → (what it is called in messages, the modules it installs); `pip install 'cmsdl[<extra>]'` brings them
+EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train": ("training", ("torch", "torchvision", "pytorch_lightning", "torchmetrics", "onnx", "sklearn",
+                           "matplotlib")),
+    "tools": ("tools", ("sklearn", "matplotlib")),
+    "k8s": ("k8s", ("kubernetes",)),
+}
+# subcommand → the extra it needs beyond the base install (predict, serve, hits2png and the simulators need none)
+COMMAND_EXTRAS: dict[str, str] = {"train": "train", "eval": "train", "export": "train", "popularity": "train",
+                                  "cluster-workflows": "tools", "cache-sim": "tools", "k8s": "k8s"}
+HELP_FLAGS = ("-h", "--help")
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
+COMPLETING_COMMAND = "predict"  # any command's Hydra app prints the completion script; this one needs no extra
+
+
+def missing_extra(command: str) -> str | None:
+    """One line naming the extra that `command` needs and how to install it, if one of its modules is missing."""
+    extra = COMMAND_EXTRAS.get(command)
+    if extra is None:
+        return None
+    title, modules = EXTRAS[extra]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (f"cmsdl {command} needs the {title} extra: pip install 'cmsdl[{extra}]' "
+            f"({', '.join(missing)} not installed)")
 
 
 # Keys that would clash with a config group of the same name (e.g. `model`), renamed before Hydra sees them.
@@ -54,6 +85,7 @@ def usage() -> str:
         *(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()),
         "",
         "Every command is a Hydra app: `cmsdl <command> --help` shows its config, `--cfg job` the composed one.",
+        "Shell completion (bash, zsh with bashcompinit): eval \"$(cmsdl -sc install=bash)\"",
     ]
     return "\n".join(lines)
 
@@ -64,6 +96,53 @@ def hoist_multirun_flag(args: list[str]) -> list[str]:
     return flags[:1] + [a for a in args if a not in ("-m", "--multirun")]
 
 
+def config_name(command: str) -> str:
+    """The file configs/<name>.yaml of a subcommand (the module name of cmsdl.commands)."""
+    return COMMANDS[command][0]
+
+
+def print_command_help(command: str, args: list[str]) -> int:
+    """`cmsdl <command> [overrides] --help`: the composed config with its comments, before any command module loads."""
+    from cmsdl.config import config_dir
+    from cmsdl.config_help import command_help
+    from cmsdl.runs import register_resolvers
+
+    register_resolvers()
+    overrides = [a for a in apply_aliases(command, args) if "=" in a and not a.startswith("-")]
+    try:
+        print(command_help(Path(config_dir()), config_name(command), overrides))
+    except CmsdlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_app(command: str, argv: list[str]) -> None:
+    """Run the Hydra app of `command` with `argv` as its command line."""
+    app = importlib.import_module(f"cmsdl.commands.{COMMANDS[command][0]}").main
+    sys.argv = [f"cmsdl-{command}" if argv[:1] != ["-sc"] else "cmsdl", *argv]
+    app()
+
+
+def shell_completion(args: list[str]) -> int:
+    """`cmsdl -sc install=bash` prints Hydra's completion script for `cmsdl`; `cmsdl -sc query=bash` (called by
+    that script with COMP_LINE set) completes the command name, then hands the rest of the line to its Hydra app."""
+    if not any(a.startswith("query=") for a in args):
+        run_app(COMPLETING_COMMAND, ["-sc", *args])
+        return 0
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if len(words) < 2 or (len(words) == 2 and not line.endswith(" ")):
+        print(" ".join(COMMANDS))
+        return 0
+    command = words[1]
+    if command not in COMMANDS:
+        return 0
+    os.environ["COMP_LINE"] = " ".join(["cmsdl", *apply_aliases(command, words[2:])]) + (" " if line.endswith(" ") else "")
+    run_app(command, ["-sc", *args])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -72,15 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in ("-V", "--version"):
         print(f"cmsdl {cmsdl.__version__}")
         return 0
+    if args[0] in COMPLETION_FLAGS:
+        return shell_completion(args[1:])
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         hint = closest(name, COMMANDS)
         print(f"cmsdl: unknown command {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
               + f" (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    app = importlib.import_module(f"cmsdl.commands.{COMMANDS[name][0]}").main
-    sys.argv = [f"cmsdl-{name}", *hoist_multirun_flag(apply_aliases(name, rest))]
-    app()
+    if any(flag in rest for flag in HELP_FLAGS):
+        return print_command_help(name, rest)
+    problem = missing_extra(name)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    run_app(name, hoist_multirun_flag(apply_aliases(name, rest)))
     return 0
 
 
