@@ -133,7 +133,8 @@ def shell_completion(args: list[str]) -> int:
     line = os.environ.get("COMP_LINE", "")
     words = line.split()
     if len(words) < 2 or (len(words) == 2 and not line.endswith(" ")):
-        print(" ".join(COMMANDS))
+        typed = words[1] if len(words) == 2 else ""
+        print(" ".join(name for name in COMMANDS if name.startswith(typed)))
         return 0
     command = words[1]
     if command not in COMMANDS:
