@@ -17,7 +17,7 @@ import pytest
 import uproot
 from PIL import Image
 
-from cmsdl.features.images.convert import safe_name
+from cmsdl.features.images.units import safe_name
 from cmsdl.features.images.png import MODES, decode_png, encode_png, encode_pngs
 from cmsdl.features.images.read import HitChunk
 from cmsdl.features.images.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
