@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-from sklearn.decomposition import TruncatedSVD
 
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.features.workflows.records import ACTIONS, Workflow, load_workflows, parse_workflows
@@ -79,6 +77,9 @@ class WorkflowMatrix:
             raise ConfigError(f"svd_components (compress.components for cluster-workflows, "
                               f"data.source.matrix.svd_components for training): got {n!r}, expected an integer from 1 "
                               f"to {columns - 1} (the error x site matrix has {columns} columns)")
+        from scipy import sparse  # fitting only: predict and serve run without scikit-learn (base install)
+        from sklearn.decomposition import TruncatedSVD
+
         svd = TruncatedSVD(n_components=n, random_state=self.seed).fit(sparse.csr_matrix(counts))
         return svd.components_.tolist()
 
