@@ -291,3 +291,31 @@ def test_branches_named_by_their_full_path(tmp_path: Path) -> None:
     assert dm.feature_names == ["met", "HT", "jet_n", "jet1_pt", "jet2_pt"]
     assert np.allclose(np.sort(x[y == 0, 0]), np.sort(met[ids]))
     assert np.allclose(np.sort(x[y == 0, 1]), np.sort(ak.to_numpy(ak.sum(pt[ids], axis=1))), rtol=1e-5)
+
+
+def test_read_ahead_keeps_order_raises_errors_and_stops_early() -> None:
+    """The background reader gives the items in order, raises the reader's own error, and stops (closing the reader)
+    when the consumer stops."""
+    import threading
+
+    from cmsdl.features.root_table.read import read_ahead
+
+    closed = threading.Event()
+
+    def units(fail_at: int | None = None):
+        try:
+            for i in range(50):
+                if i == fail_at:
+                    raise InputFormatError(f"f.root: cannot read unit {i}")
+                yield i
+        finally:
+            closed.set()
+
+    assert list(read_ahead(units())) == list(range(50))
+    with pytest.raises(InputFormatError, match="cannot read unit 3"):
+        list(read_ahead(units(fail_at=3)))
+    closed.clear()
+    stream = read_ahead(units())
+    assert next(stream) == 0
+    stream.close()
+    assert closed.wait(5)

@@ -27,7 +27,7 @@ from cmsdl.config import to_plain
 from cmsdl.data.base import SPLITS, CmsdlDataModule, check_split_fractions
 from cmsdl.errors import ConfigError
 from cmsdl.features.root_table.cache import ColumnCache, cache_key
-from cmsdl.features.root_table.read import FeatureChunk, ReadUnit, iterate_units, plan_units, split_of
+from cmsdl.features.root_table.read import FeatureChunk, ReadUnit, iterate_units, plan_units, read_ahead, split_of
 from cmsdl.features.root_table.spec import FeatureSpec, parse_spec
 from cmsdl.io.root import file_fingerprint
 
@@ -48,16 +48,19 @@ class RowSource:
         self.spec, self.units, self.split, self.seed, self.cache = spec, units, split, seed, cache
 
     def rows(self, indices: list[int], split_index: int) -> Iterator[tuple[int, FeatureChunk]]:
-        """(unit index, selected rows of the split) for the given units, in the given order."""
+        """(unit index, selected rows of the split) for the given units, in the given order; the next unit is read
+        in a background thread while this one is used (read_ahead)."""
+        return read_ahead(self._rows(indices, split_index))
+
+    def _rows(self, indices: list[int], split_index: int) -> Iterator[tuple[int, FeatureChunk]]:
         if self.cache is not None and self.cache.complete:
             for i in indices:
                 chunk, splits = self.cache.read(i)
                 yield i, chunk.take(splits == split_index)
             return
-        by_unit = {u: i for i, u in enumerate(self.units)}
-        for unit, chunk in iterate_units(self.spec, [self.units[i] for i in indices]):
+        for i, (unit, chunk) in zip(indices, iterate_units(self.spec, [self.units[i] for i in indices])):
             in_split = split_of(unit.path, chunk.entries, self.split, self.seed) == split_index
-            yield by_unit[unit], chunk.take(chunk.selected & in_split)
+            yield i, chunk.take(chunk.selected & in_split)
 
 
 class FeatureStream(IterableDataset):
@@ -118,13 +121,16 @@ class FeatureStream(IterableDataset):
                 yield [f"{self.module.units[unit_of[i]].path}:{rows.entries[i]}" for i in order[start:start + self.batch_size]]
             return
         mean, std, class_factors = self.scaling
-        x = (rows.features - mean) / std
-        weights = (rows.weights * class_factors[rows.labels]).astype(np.float32)
+        x = rows.features.take(order, axis=0)  # one gather in batch order; batches are then views of it
+        x -= mean
+        x /= std
+        labels = rows.labels.take(order)
+        weights = (rows.weights.take(order) * class_factors[labels]).astype(np.float32)
         weighted = self.module.spec.weight is not None
         for start in range(0, len(order), self.batch_size):
-            take = order[start:start + self.batch_size]
-            batch = (torch.from_numpy(x[take]), torch.from_numpy(rows.labels[take]))
-            yield (*batch, torch.from_numpy(weights[take])) if weighted else batch
+            end = start + self.batch_size
+            batch = (torch.from_numpy(x[start:end]), torch.from_numpy(labels[start:end]))
+            yield (*batch, torch.from_numpy(weights[start:end])) if weighted else batch
 
 
 def merge(parts: list[tuple[FeatureChunk, np.ndarray]]) -> tuple[FeatureChunk, np.ndarray]:
@@ -219,7 +225,7 @@ class RootTableDataModule(CmsdlDataModule, pl.LightningDataModule):
             self.stats = {**keep, "rows_per_unit": rows.tolist()}
 
     def _root_rows(self) -> Iterator[tuple[int, FeatureChunk, np.ndarray]]:
-        for index, (unit, chunk) in enumerate(iterate_units(self.spec, self.units)):
+        for index, (unit, chunk) in enumerate(read_ahead(iterate_units(self.spec, self.units))):
             chunk = chunk.take(chunk.selected)
             yield index, chunk, split_of(unit.path, chunk.entries, self.split, self.seed)
 

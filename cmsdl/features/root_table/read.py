@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import awkward as ak
 import numpy as np
@@ -22,6 +24,7 @@ from cmsdl.features.root_table.spec import Collection, FeatureSpec, parse_spec
 from cmsdl.io.root import branch_array, branch_names, match_files, open_root, resolve_branch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,51 @@ def iterate_units(spec: FeatureSpec, units: list[ReadUnit]) -> Iterator[tuple[Re
     finally:
         if tree is not None:
             tree.file.close()
+
+
+def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """The items of `items`, produced by a background thread up to `depth` ahead of the consumer: decompression
+    (zlib, lz4, zstd) and numpy release the GIL, so reading the next unit overlaps with using this one. An error in
+    the thread is raised here; stopping early (close, garbage collection) stops the thread."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(("end", None))
+        except BaseException as err:  # handed to the consumer, which raises it
+            ready.put(("error", err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="cmsdl-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
 
 
 def features_from_records(state: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> np.ndarray:
