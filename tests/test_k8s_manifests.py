@@ -275,11 +275,12 @@ def test_the_train_overrides_reach_the_manifests_as_arguments_not_module_state(t
 
     assert not [name for name, value in vars(app).items()
                 if isinstance(value, (list, dict, set)) and not name.startswith("__")]
-    hydra_args, train = app.parse_arguments(["render", "k8s.nodes=1", f"out={tmp_path / 'job.yaml'}", *TRAIN])
-    assert hydra_args == ["action=render", "k8s.nodes=1", f"out={tmp_path / 'job.yaml'}"] and train == TRAIN
+    hydra_args, workload = app.parse_arguments(["render", "k8s.nodes=1", f"out={tmp_path / 'job.yaml'}", *TRAIN])
+    assert hydra_args == ["action=render", "k8s.nodes=1", f"out={tmp_path / 'job.yaml'}"]
+    assert (workload.command, workload.overrides) == ("train", tuple(TRAIN))
     cfg = OmegaConf.create({"action": "render", "out": str(tmp_path / "job.yaml"), "follow": True,
                             "k8s": k8s_config(nodes=1)})
-    app.run(cfg, train)
+    app.run(cfg, workload)
     [_, job] = yaml.safe_load_all((tmp_path / "job.yaml").read_text())
     assert job["metadata"]["name"].startswith("cmsdl-workflow-actions-")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]

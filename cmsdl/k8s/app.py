@@ -1,13 +1,16 @@
-"""`cmsdl k8s render|submit|status|logs|delete`: run `cmsdl train` on a Kubernetes cluster.
+"""`cmsdl k8s render|submit|status|logs|delete`: run `cmsdl train`, or fan out `cmsdl hits2png|predict`, on Kubernetes.
 
-Arguments after the action are split: k8s.*, k8s=<option>, out=, follow= and Hydra's own options configure
-this command (configs/k8s.yaml); all others are `cmsdl train` overrides for the pods, checked locally first.
+`cmsdl k8s <action> [k8s settings] [train|hits2png|predict] [overrides]`. Without a command word the pods train:
+k8s.*, k8s=<option>, out=, follow= and Hydra's own options configure this command (configs/k8s.yaml) and all
+other arguments are `cmsdl train` overrides. After a command word, only k8s.*, k8s=<option> and Hydra's options
+are this command's; everything else (out= included) belongs to the command. Overrides are checked locally first.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -15,11 +18,28 @@ from omegaconf import DictConfig
 from cmsdl.errors import ConfigError, closest
 from cmsdl.io import atomic_write
 from cmsdl.k8s.cluster import Cluster
+from cmsdl.k8s.fanout import WORKLOADS, check_overrides, render_fanout
 from cmsdl.k8s.manifests import check_name, check_namespace, default_name, experiment_of, render, to_yaml
 
 log = logging.getLogger(__name__)
 ACTIONS = ("render", "submit", "status", "logs", "delete")
 OWN_KEYS = ("k8s", "out", "follow", "action")
+TRAIN = "train"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the pods run: `cmsdl train` (a DDP job) or a fanned-out `cmsdl hits2png|predict`, with its overrides."""
+
+    command: str
+    overrides: tuple[str, ...] = ()
+    out: str | None = None  # the fanned-out command's composed `out`
+
+
+def is_k8s_setting(arg: str) -> bool:
+    """k8s.*, k8s=<option> and Hydra's own options: this command's, wherever they stand."""
+    key = arg.split("=", 1)[0].lstrip("+~")
+    return arg.startswith("-") or key.startswith(("hydra.", "hydra/")) or key.split(".", 1)[0] == "k8s"
 
 
 def is_own(arg: str) -> bool:
@@ -50,8 +70,37 @@ def check_train_overrides(overrides: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def job_name(cfg: DictConfig, train_overrides: list[str]) -> str:
-    return cfg.k8s.name or default_name(experiment_of(train_overrides))
+def check_workload_overrides(command: str, overrides: list[str]) -> str:
+    """Compose configs/<command>.yaml with the overrides and a shard, as every pod will; returns its `out`."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cmsdl.cli import apply_aliases
+    from cmsdl.config import compose_run_config
+
+    check_overrides(command, overrides)
+    try:
+        cfg = compose_run_config(command, [*apply_aliases(command, overrides), "shard.index=0", "shard.count=1"])
+        return str(cfg.out)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"cmsdl {command} overrides {' '.join(overrides)}: {err}".splitlines()[0]) from None
+    finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+
+
+def job_name(cfg: DictConfig, workload: Workload) -> str:
+    if workload.command != TRAIN:
+        return cfg.k8s.name or default_name(workload.command)
+    return cfg.k8s.name or default_name(experiment_of(list(workload.overrides)))
+
+
+def render_workload(cfg: DictConfig, workload: Workload) -> list[dict]:
+    name = job_name(cfg, workload)
+    if workload.command == TRAIN:
+        return render(cfg.k8s, list(workload.overrides), name=name)
+    return render_fanout(cfg.k8s, workload.command, list(workload.overrides), workload.out, name=name)
 
 
 def print_status(state: dict) -> None:
@@ -63,11 +112,14 @@ def print_status(state: dict) -> None:
         print(f"{pod['pod']:<56} {pod['rank']:>4}  {pod['phase'] or '?':<10} {pod['restarts']:>8}  {pod['node']}")
 
 
-def run(cfg: DictConfig, train_overrides: list[str]) -> None:
-    """Do one action; render and submit build the manifests from cfg.k8s and the `cmsdl train` overrides."""
+def run(cfg: DictConfig, workload: Workload | list[str]) -> None:
+    """Do one action; render and submit build the manifests from cfg.k8s and the workload (or `cmsdl train`
+    overrides)."""
+    if not isinstance(workload, Workload):
+        workload = Workload(TRAIN, tuple(workload))
     action, flavour = cfg.action, cfg.k8s.flavour
     if action in ("render", "submit"):
-        manifests = render(cfg.k8s, train_overrides, name=job_name(cfg, train_overrides))
+        manifests = render_workload(cfg, workload)
         if action == "render":
             text = to_yaml(manifests)
             if cfg.out:
@@ -95,25 +147,44 @@ def run(cfg: DictConfig, train_overrides: list[str]) -> None:
         print(f"deleted {', '.join(cluster.delete(cfg.k8s.name, flavour))} in namespace {cfg.k8s.namespace}")
 
 
-def parse_arguments(args: list[str]) -> tuple[list[str], list[str]]:
-    """`cmsdl k8s <action> ...` → (Hydra's arguments for configs/k8s.yaml, the `cmsdl train` overrides, checked)."""
+def split_workload(args: list[str]) -> tuple[list[str], str, list[str]]:
+    """(this command's arguments, the command the pods run, its overrides) of the arguments after the action."""
+    words = [i for i, a in enumerate(args) if a in (TRAIN, *WORKLOADS)]
+    if not words:
+        own, overrides = split_arguments(args)
+        return own, TRAIN, overrides
+    at = words[0]
+    before, after = args[:at], args[at + 1:]
+    return [*before, *filter(is_k8s_setting, after)], args[at], [a for a in after if not is_k8s_setting(a)]
+
+
+def check_workload(command: str, overrides: list[str]) -> Workload:
+    """The overrides checked locally (composed as the pods will compose them), else exit 2 with one line."""
+    try:
+        if command == TRAIN:
+            check_train_overrides(overrides)
+            return Workload(TRAIN, tuple(overrides))
+        return Workload(command, tuple(overrides), check_workload_overrides(command, overrides))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def parse_arguments(args: list[str]) -> tuple[list[str], Workload]:
+    """`cmsdl k8s <action> ...` → (Hydra's arguments for configs/k8s.yaml, the workload with checked overrides)."""
     if args and args[0].startswith("-"):  # --help, --cfg job, ...
-        return args, []
+        return args, Workload(TRAIN)
     action = args[0] if args else ""
     if action not in ACTIONS:
         hint = closest(action, ACTIONS)
         print(f"error: cmsdl k8s: unknown action {action!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
               + f" (expected one of {', '.join(ACTIONS)})", file=sys.stderr)
         raise SystemExit(2)
-    own, train_overrides = split_arguments(args[1:])
-    if train_overrides and action not in ("render", "submit"):
-        print(f"error: cmsdl k8s {action}: unexpected arguments {' '.join(train_overrides)} "
+    own, command, overrides = split_workload(args[1:])
+    if (overrides or command != TRAIN) and action not in ("render", "submit"):
+        print(f"error: cmsdl k8s {action}: unexpected arguments {' '.join([command] * (command != TRAIN) + overrides)} "
               "(expected k8s.name=<job> and other k8s.* settings)", file=sys.stderr)
         raise SystemExit(2)
     if action in ("render", "submit"):
-        try:
-            check_train_overrides(train_overrides)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return [f"action={action}", *own], train_overrides
+        return [f"action={action}", *own], check_workload(command, overrides)
+    return [f"action={action}", *own], Workload(command, tuple(overrides))

@@ -201,45 +201,61 @@ def torchrun_command(k8s: dict[str, Any], flavour: str) -> list[str]:
             "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"]
 
 
-def _quantities(k8s: dict[str, Any], kind: str) -> dict[str, str]:
-    """k8s.resources.<kind> (requests or limits) checked: resource names and quantities."""
-    given = (k8s.get("resources") or {}).get(kind) or {}
+def _quantities(resources: Any, kind: str, where: str) -> dict[str, str]:
+    """<where>.<kind> (requests or limits) checked: resource names and quantities."""
+    given = (resources or {}).get(kind) or {}
     out = {}
     for name, value in given.items():
         if value is None:
             continue
         if not is_qualified_name(str(name)):
-            raise ConfigError(f"k8s.resources.{kind}: {shown(name)} is not a valid resource name (e.g. cpu, memory, "
+            raise ConfigError(f"{where}.{kind}: {shown(name)} is not a valid resource name (e.g. cpu, memory, "
                               "ephemeral-storage, nvidia.com/gpu)")
-        out[str(name)] = check_quantity(f"k8s.resources.{kind}.{name}", value)
+        out[str(name)] = check_quantity(f"{where}.{kind}.{name}", value)
     return out
 
 
-def _resources(k8s: dict[str, Any]) -> client.V1ResourceRequirements:
-    requests, limits = _quantities(k8s, "requests"), _quantities(k8s, "limits")
+def resource_requirements(resources: Any, gpus: int, gpu_resource: str,
+                          where: str = "k8s.resources") -> client.V1ResourceRequirements:
+    """Requests and limits from `resources` (the config at `where`), cpu and memory limits required, plus `gpus`."""
+    requests, limits = _quantities(resources, "requests", where), _quantities(resources, "limits", where)
     for key in ("cpu", "memory"):
         if key not in limits:
-            raise ConfigError(f"k8s.resources.limits.{key}: must be set (every pod runs with resource limits)")
+            raise ConfigError(f"{where}.limits.{key}: must be set (every pod runs with resource limits)")
     for key, request in requests.items():
         if key in limits and quantity_value(request) > quantity_value(limits[key]):
-            raise ConfigError(f"k8s.resources.requests.{key}: {request} is more than the limit {limits[key]} "
-                              f"(k8s.resources.limits.{key})")
-    if int(k8s["gpus_per_node"]) > 0:
-        limits[k8s["gpu_resource"]] = str(k8s["gpus_per_node"])
-        requests[k8s["gpu_resource"]] = str(k8s["gpus_per_node"])
+            raise ConfigError(f"{where}.requests.{key}: {request} is more than the limit {limits[key]} "
+                              f"({where}.limits.{key})")
+    if int(gpus) > 0:
+        limits[gpu_resource] = str(gpus)
+        requests[gpu_resource] = str(gpus)
     return client.V1ResourceRequirements(requests=requests or None, limits=limits)
+
+
+def _resources(k8s: dict[str, Any]) -> client.V1ResourceRequirements:
+    return resource_requirements(k8s.get("resources"), k8s["gpus_per_node"], k8s["gpu_resource"])
+
+
+def completion_index_env(var: str) -> client.V1EnvVar:
+    """`var` set to the pod's index in its Indexed Job (the job-completion-index annotation)."""
+    index = client.V1ObjectFieldSelector(field_path=f"metadata.annotations['{COMPLETION_INDEX}']")
+    return client.V1EnvVar(name=var, value_from=client.V1EnvVarSource(field_ref=index))
 
 
 def _env(k8s: dict[str, Any], name: str, flavour: str) -> list[client.V1EnvVar]:
     env = [client.V1EnvVar(name="HOME", value="/tmp"), client.V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
     if flavour == "indexed":
-        index = client.V1ObjectFieldSelector(field_path=f"metadata.annotations['{COMPLETION_INDEX}']")
         env += [
-            client.V1EnvVar(name="NODE_RANK", value_from=client.V1EnvVarSource(field_ref=index)),
+            completion_index_env("NODE_RANK"),
             client.V1EnvVar(name="MASTER_ADDR", value=f"{name}-0.{name}"),
             client.V1EnvVar(name="MASTER_PORT", value=str(k8s["master_port"])),
         ]
-    env += [client.V1EnvVar(name=str(k), value=str(v)) for k, v in (k8s.get("env") or {}).items()]
+    return env + user_env(k8s)
+
+
+def user_env(k8s: dict[str, Any]) -> list[client.V1EnvVar]:
+    """k8s.env as plain variables and k8s.secret_env as references to Secret keys (never their values)."""
+    env = [client.V1EnvVar(name=str(k), value=str(v)) for k, v in (k8s.get("env") or {}).items()]
     for var, ref in (k8s.get("secret_env") or {}).items():
         if not isinstance(ref, dict) or not ref.get("secret") or not ref.get("key"):
             raise ConfigError(f"k8s.secret_env.{var}: expected {{secret: <secret name>, key: <key>}}, got {ref!r}")
@@ -248,7 +264,7 @@ def _env(k8s: dict[str, Any], name: str, flavour: str) -> list[client.V1EnvVar]:
     return env
 
 
-def _volumes(k8s: dict[str, Any]) -> tuple[list[client.V1Volume], list[client.V1VolumeMount]]:
+def pod_volumes(k8s: dict[str, Any]) -> tuple[list[client.V1Volume], list[client.V1VolumeMount]]:
     """/dev/shm and /tmp as size-limited emptyDirs (the root file system is read-only), data and outputs claims."""
     shm_size = check_quantity("k8s.shm_size", k8s.get("shm_size"))
     tmp_size = check_quantity("k8s.tmp_size", k8s.get("tmp_size"))
@@ -269,10 +285,8 @@ def _volumes(k8s: dict[str, Any]) -> tuple[list[client.V1Volume], list[client.V1
 
 def container(k8s: dict[str, Any], name: str, train_overrides: list[str], flavour: str) -> client.V1Container:
     """The training container: torchrun → `cmsdl train`, non-root, no privilege escalation, limits set."""
-    _, mounts = _volumes(k8s)
-    security = client.V1SecurityContext(allow_privilege_escalation=False, read_only_root_filesystem=True,
-                                        run_as_non_root=True,
-                                        capabilities=client.V1Capabilities(drop=["ALL"]))
+    _, mounts = pod_volumes(k8s)
+    security = container_security()
     ports = [client.V1ContainerPort(name="rendezvous", container_port=int(k8s["master_port"]))]
     return client.V1Container(
         name=CONTAINER, image=k8s["image"], image_pull_policy=k8s["image_pull_policy"],
@@ -283,9 +297,22 @@ def container(k8s: dict[str, Any], name: str, train_overrides: list[str], flavou
     )
 
 
+def container_security() -> client.V1SecurityContext:
+    """Every cmsdl container: non-root, read-only root file system, no privilege escalation, no capabilities."""
+    return client.V1SecurityContext(allow_privilege_escalation=False, read_only_root_filesystem=True,
+                                    run_as_non_root=True, capabilities=client.V1Capabilities(drop=["ALL"]))
+
+
 def pod_spec(k8s: dict[str, Any], name: str, train_overrides: list[str], flavour: str,
              restart_policy: str) -> client.V1PodSpec:
-    volumes, _ = _volumes(k8s)
+    return secure_pod_spec(k8s, container(k8s, name, train_overrides, flavour), restart_policy,
+                           subdomain=name if flavour == "indexed" else None)
+
+
+def secure_pod_spec(k8s: dict[str, Any], main: client.V1Container, restart_policy: str,
+                    subdomain: str | None = None) -> client.V1PodSpec:
+    """A pod running `main` as k8s.run_as_user (never root), with the volumes, scheduling and pull settings of k8s."""
+    volumes, _ = pod_volumes(k8s)
     uid = int(k8s["run_as_user"])
     if uid == 0:
         raise ConfigError("k8s.run_as_user: 0 (root) is not allowed; pods run as a non-root user")
@@ -293,7 +320,7 @@ def pod_spec(k8s: dict[str, Any], name: str, train_overrides: list[str], flavour
                                            seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"))
     tolerations = [client.V1Toleration(**_snake(t)) for t in (k8s.get("tolerations") or [])]
     return client.V1PodSpec(
-        containers=[container(k8s, name, train_overrides, flavour)],
+        containers=[main],
         restart_policy=restart_policy, volumes=volumes, security_context=security,
         node_selector={str(k): str(v) for k, v in (k8s.get("node_selector") or {}).items()} or None,
         tolerations=tolerations or None, priority_class_name=k8s.get("priority_class"),
@@ -301,7 +328,7 @@ def pod_spec(k8s: dict[str, Any], name: str, train_overrides: list[str], flavour
         automount_service_account_token=bool(k8s.get("service_account")),
         image_pull_secrets=[client.V1LocalObjectReference(name=s) for s in (k8s.get("image_pull_secrets") or [])] or None,
         termination_grace_period_seconds=int(k8s["termination_grace_seconds"]),
-        subdomain=name if flavour == "indexed" else None,
+        subdomain=subdomain,
     )
 
 
