@@ -22,6 +22,7 @@ from cmsdl.callbacks import CheckpointOnSigterm, RunContext
 from cmsdl.checkpoint import safe_types, verified
 from cmsdl.config import check_values, instantiate_group, instantiate_logged, to_plain
 from cmsdl.io import write_config, write_json
+from cmsdl.loggers import log_config, log_run_outputs
 from cmsdl.models.classifier import output_size
 from cmsdl.runs import LAST_CKPT, checkpoint_to_resume
 
@@ -70,6 +71,7 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     callbacks.append(RunContext(to_plain(cfg), datamodule.preprocessing(), datamodule.task))
     callbacks.append(CheckpointOnSigterm(Path(cfg.paths.output_dir) / LAST_CKPT))
     loggers = instantiate_group(cfg.get("logger"), "logger")
+    log_config(loggers, to_plain(cfg))
     trainer = instantiate_logged(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
@@ -104,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", summary)
         log.info("metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        log_run_outputs(trainer.loggers, output_dir)
     return summary
 
 
