@@ -1,9 +1,12 @@
-# cmsdl: `make demo` and `make test` set up .venv themselves (created once, reinstalled when pyproject.toml changes).
+# cmsdl: `make demo` and `make test` set up .venv themselves (created once, reinstalled when pyproject.toml changes),
+# with every extra: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes CPU-only torch.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cmsdl-installed
 PYTEST_ARGS ?=
+# an extra package index for torch, e.g. https://download.pytorch.org/whl/cpu (CPU-only wheels: ~1.8 GB, not 6.5 GB)
+TORCH_INDEX ?=
 
 .PHONY: help install xrootd-server demo test test-slow test-all bench clean
 
@@ -17,8 +20,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# .[dev]: the base install and every extra (train, tools, remote, k8s, tracking, spark, optuna, xgboost) + test tools
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[dev]'
 	touch $@
 
 install: $(STAMP) xrootd-server

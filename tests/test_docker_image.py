@@ -1,6 +1,7 @@
-"""The Dockerfile (no Docker engine runs here): CUDA runtime base, a cached dependency layer that installs exactly
-pyproject's dependencies, every package directory copied and not ignored, non-root user, `cmsdl` entrypoint;
-the slow test builds the package from the same build context and checks that it exposes `cmsdl`."""
+"""The Dockerfile (no Docker engine runs here): two targets, `training` (the default: CUDA runtime, torch and the
+train/k8s/remote extras) and `inference` (no CUDA, no torch: the base install); dependency stages that install
+exactly pyproject's lists before any code is copied; every package directory copied and not ignored; non-root user,
+`cmsdl` entrypoint; the slow test builds the package from the same build context and checks that it exposes `cmsdl`."""
 
 from __future__ import annotations
 
@@ -18,12 +19,31 @@ import pytest
 
 from conftest import REPO
 
+TRAINING_EXTRAS = ("train", "k8s", "remote")
+
 
 def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n", " ", "\n".join(line for line in (REPO / "Dockerfile").read_text().splitlines()
                                           if not line.lstrip().startswith("#")))
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines() if line.strip()]
+
+
+def stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """{stage name: (its FROM image with the global ARGs filled in, its instructions)}, in Dockerfile order."""
+    steps = instructions()
+    first_from = next(i for i, (kind, _) in enumerate(steps) if kind == "FROM")
+    args = dict(a.split("=", 1) for kind, a in steps[:first_from] if kind == "ARG" and "=" in a)
+    found: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    current: list[tuple[str, str]] = []
+    for kind, arguments in steps[first_from:]:
+        if kind == "FROM":
+            image, _, name = arguments.partition(" AS ")
+            current = []
+            found[name.strip()] = (re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image.strip()), current)
+        else:
+            current.append((kind, arguments))
+    return found
 
 
 def ignored(path: str, patterns: list[str]) -> bool:
@@ -48,30 +68,50 @@ def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def test_base_user_and_entrypoint() -> None:
-    steps = instructions()
-    args = dict(a.split("=", 1) for kind, a in steps if kind == "ARG" and "=" in a)
-    base = next(a for kind, a in steps if kind == "FROM")
-    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
-    assert base.startswith("nvidia/cuda:") and "-runtime-" in base, base
+def test_training_is_the_default_target_and_inference_has_no_cuda() -> None:
+    found = stages()
+    assert list(found)[-1] == "training", "`docker build .` builds the last stage: the training image"
+    assert found["training"][0].startswith("nvidia/cuda:") and "-runtime-" in found["training"][0]
+    assert "cuda" not in found["inference"][0], "the inference image needs no CUDA base"
+
+
+@pytest.mark.parametrize("target", ["training", "inference"])
+def test_each_image_runs_cmsdl_as_the_pods_non_root_user(target: str) -> None:
+    steps = stages()[target][1]
     user = [a for kind, a in steps if kind == "USER"][-1]
-    assert user.split(":")[0] not in ("0", "root"), "the image runs as a non-root user"
-    assert user.split(":")[0] == "1000", "the same uid as the pods' securityContext.runAsUser"
+    assert user.split(":")[0] == "1000", "non-root, the same uid as the pods' securityContext.runAsUser"
     assert json.loads(next(a for kind, a in steps if kind == "ENTRYPOINT")) == ["cmsdl"]
+    assert any(kind == "RUN" and "pip install --no-deps /wheels/cmsdl-" in a for kind, a in steps)
 
 
-def test_dependency_layer_comes_before_the_code_and_installs_pyprojects_dependencies(tmp_path: Path) -> None:
-    steps = instructions()
-    copies = [i for i, (kind, _) in enumerate(steps) if kind == "COPY"]
-    assert steps[copies[0]][1].split()[0] == "pyproject.toml", "the first COPY brings only pyproject.toml"
-    [dep_run] = [i for i, (kind, a) in enumerate(steps) if kind == "RUN" and "requirements.txt" in a]
-    assert copies[0] < dep_run < copies[1], "dependencies install between pyproject.toml and the code"
-    command = re.search(r'python -c "(.+?)"', steps[dep_run][1]).group(1)
+def listed_requirements(stage: str, tmp_path: Path) -> list[str]:
+    """What the requirements command of a dependency stage lists, run on the repository's pyproject.toml."""
+    [run] = [a for kind, a in stages()[stage][1] if kind == "RUN" and "tomllib" in a]
+    match = re.search(r'python -c "(.+?)"(?:\s+"\$(\w+)")?', run)
+    args = dict(a.split("=", 1) for kind, a in stages()[stage][1] if kind == "ARG" and "=" in a)
+    extra_args = [args[match.group(2)]] if match.group(2) else []  # the build argument's default, e.g. the extras
     shutil.copy(REPO / "pyproject.toml", tmp_path)
-    listed = subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True,
-                            capture_output=True, text=True).stdout.split()
-    assert listed == [d.replace(" ", "") for d in pyproject()["project"]["dependencies"]]
-    assert any(kind == "RUN" and "pip install --no-deps ." in a for kind, a in steps[dep_run + 1:])
+    return subprocess.run([sys.executable, "-c", match.group(1), *extra_args], cwd=tmp_path, check=True,
+                          capture_output=True, text=True).stdout.split()
+
+
+def test_the_dependency_stages_install_pyprojects_lists_before_any_code(tmp_path: Path) -> None:
+    project = pyproject()["project"]
+    base = listed_requirements("base-dependencies", tmp_path)
+    assert base == [d.replace(" ", "") for d in project["dependencies"]]
+    assert not any(name.startswith(("torch", "pytorch-lightning")) for name in base), "the base install has no torch"
+    training = listed_requirements("training-dependencies", tmp_path)
+    extras = project["optional-dependencies"]
+    assert training == [d.replace(" ", "") for e in TRAINING_EXTRAS for d in extras[e]]
+    for stage in ("base-dependencies", "training-dependencies"):
+        copies = [a.split()[0] for kind, a in stages()[stage][1] if kind == "COPY"]
+        assert copies in ([], ["pyproject.toml"]), f"{stage} copies only pyproject.toml (code changes keep its cache)"
+    assert stages()["training-dependencies"][0] == "base-dependencies"
+    assert stages()["wheel"][0] == "base-dependencies"
+    froms = {target: [a for kind, a in stages()[target][1] if kind == "COPY" and a.startswith("--from=")]
+             for target in ("training", "inference")}
+    assert froms["training"][0].startswith("--from=training-dependencies ")
+    assert froms["inference"][0].startswith("--from=base-dependencies ")
 
 
 def top_level_dirs() -> set[str]:
@@ -87,7 +127,7 @@ def top_level_dirs() -> set[str]:
 
 
 def test_every_package_directory_is_copied_and_not_ignored() -> None:
-    copied = {a.split()[0].rstrip("/") for kind, a in instructions() if kind == "COPY"}
+    copied = {a.split()[0].rstrip("/") for kind, a in instructions() if kind == "COPY" and not a.startswith("--from=")}
     assert top_level_dirs() <= copied, f"not copied into the image: {top_level_dirs() - copied}"
     patterns = dockerignore()
     for source in copied:
