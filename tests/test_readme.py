@@ -33,6 +33,8 @@ SKIPPED: dict[str, str] = {
     r"^kubectl (?!kustomize)": "needs a Kubernetes cluster",
     r"kustomize edit": "needs the kustomize binary and rewrites the overlay in the checkout",
     r"^docker ": "needs a Docker engine",
+    r"^pip install ": "installs into the running environment (tests/test_install.py installs the base package into a "
+                      "fresh venv and runs predict and serve there)",
     r"^cmsdl serve models=models port=8083": "long-running; the serve section's block starts the service "
                                              "in the background",
     r"^cmsdl serve .*read_only=true": "a second, read-only service on the same port as the first",
