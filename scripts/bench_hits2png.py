@@ -1,11 +1,17 @@
-"""hits2png speed: the vectorised chunk renderer vs a straightforward per-event loop, on the same events.
+"""hits2png speed: the vectorised renderer vs a per-event loop, and `cmsdl hits2png` end to end vs its I/O limit.
 
-Both sides render the same chunks (read once with uproot, reading time printed apart) into the same uint8
-images, asserted equal pixel for pixel. The loop takes each event's hits as a slice of the chunk and fills one
-np.histogram2d per channel (render_event). The second figure adds PNG encoding with the same writer
-(cmsdl.features.images.png, asserted to give the same bytes, which Pillow decodes back to the images): one call per event
-for the loop, one per chunk for the vectorised side. The stages take `--repeat` turns (so that the load of a
-shared machine hits both sides alike); each keeps its best time. Prints events/s and the ratios.
+Simulated events (half jpsi, half qcd, as `cmsdl simulate` writes them) in two ROOT files. Stages, each taking
+`--repeat` turns in alternation (the load of a shared machine hits all alike), best time kept:
+- read: raw `uproot.iterate` of the branches hits2png reads (decompression; the floor of reading);
+- render: per-event loop (one np.histogram2d per channel, render_event) vs vectorised chunks (render_chunk),
+  asserted to give identical pixels;
+- encode: the PNG writer (cmsdl.features.images.png) per event vs per chunk, asserted to give the same bytes,
+  which Pillow decodes back to the images;
+- end to end: `hits2png(cfg)` in this process (plan, read, render, encode, atomic writes, parts, manifest) with
+  `threads=0` and with the configured `threads`, then `workers` processes; every image it writes is asserted
+  bit-identical to the PNG of the vectorised stage.
+The limit of the end-to-end figure is reading plus encoding alone (events / (read time + encode time)); the goal is
+half of it. One table with ratios and goals; the load average before and after (a shared machine: say so).
 
     python scripts/bench_hits2png.py --events 4000 --size 64 --projection xy,rz
 """
@@ -15,20 +21,28 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import awkward as ak
 import numpy as np
+import uproot
 from PIL import Image
 
+from cmsdl.config import compose_run_config
+from cmsdl.features.images.convert import hits2png
 from cmsdl.features.images.png import encode_png, encode_pngs
 from cmsdl.features.images.read import HitChunk, iterate_chunks, regularize_mapping
 from cmsdl.features.images.render import ImageSpec, regularize_spec, render_chunk, render_event
+from cmsdl.features.images.write import write_file_atomic
 from cmsdl.sim.tracker import simulate_events, write_root
+
+BRANCHES = {"x": "hit_x", "y": "hit_y", "z": "hit_z", "layer": "hit_layer", "subdet": "hit_subdet"}  # the config's
+Stage = Callable[[dict[str, Any]], Any]
 
 
 def event_hits(chunk: HitChunk) -> list[dict[str, np.ndarray]]:
@@ -42,36 +56,50 @@ def per_event(chunks: list[HitChunk], spec: ImageSpec) -> list[np.ndarray]:
     return [render_event(hits, spec) for chunk in chunks for hits in event_hits(chunk)]
 
 
-Stage = Callable[[dict[str, Any]], Any]
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (hits2png's workers)."""
+    children = os.times()
+    return time.process_time() + children.children_user + children.children_system
 
 
-def best_times(repeat: int, stages: dict[str, Stage]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Every stage run `repeat` times, taking turns (a shared machine's load hits them alike); best times, results.
-
-    A stage gets the results of the stages before it in the same turn.
+def best_times(repeat: int, stages: dict[str, Stage]) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """Every stage run `repeat` times, taking turns (a shared machine's load hits them alike); the best wall-clock
+    and the best CPU times, and the results. A stage gets the results of the stages before it in the same turn.
     """
-    times: dict[str, list[float]] = {name: [] for name in stages}
+    wall: dict[str, list[float]] = {name: [] for name in stages}
+    cpu: dict[str, list[float]] = {name: [] for name in stages}
     results: dict[str, Any] = {}
     for _ in range(repeat):
         for name, stage in stages.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             results[name] = stage(results)
-            times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}, results
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(cpu_seconds() - start_cpu)
+    return {name: min(t) for name, t in wall.items()}, {name: min(t) for name, t in cpu.items()}, results
 
 
-def simulated_chunks(n_events: int, step_size: int) -> tuple[float, list[HitChunk]]:
-    """Half qcd, half jpsi events written to a ROOT file and read back in chunks; returns the reading time too."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "events.root"
-        half = n_events // 2
-        qcd, jpsi = simulate_events("qcd", half, 1), simulate_events("jpsi", half, 2)
-        events = {k: (ak.concatenate if k == "hit" else np.concatenate)([qcd[k], jpsi[k]]) for k in qcd}
-        write_root(path, events, 0)
-        mapping = regularize_mapping("events", {"x": "hit_x", "y": "hit_y", "z": "hit_z", "subdet": "hit_subdet"})
-        start = time.perf_counter()
-        chunks = list(iterate_chunks(path, "events", mapping, step_size))
-        return time.perf_counter() - start, chunks
+def simulated_files(folder: Path, n_events: int) -> list[Path]:
+    """Half jpsi, half qcd events, one ROOT file each (the file names give hits2png the class)."""
+    paths = []
+    for seed, process in ((2, "jpsi"), (1, "qcd")):
+        paths.append(folder / f"{process}_0.root")
+        write_root(paths[-1], simulate_events(process, n_events // 2, seed), 0)
+    return paths
+
+
+def read_chunks(files: list[Path], step_size: int) -> list[HitChunk]:
+    mapping = regularize_mapping("events", BRANCHES)
+    return [chunk for path in files for chunk in iterate_chunks(path, "events", mapping, step_size)]
+
+
+def decompress(files: list[Path], step_size: int) -> int:
+    """Raw uproot.iterate of the branches hits2png reads, in the same chunks; returns the number of events."""
+    n = 0
+    for path in files:
+        with uproot.open(path) as f:
+            for batch in f["events"].iterate(filter_name=list(BRANCHES.values()), step_size=step_size, library="ak"):
+                n += len(batch)
+    return n
 
 
 def check_pngs(pngs: list[bytes], images: np.ndarray) -> None:
@@ -84,64 +112,156 @@ def check_pngs(pngs: list[bytes], images: np.ndarray) -> None:
         assert not pixels[..., len(image):].any(), "the padding channel of a 2-channel PNG is not empty"
 
 
-def measure(chunks: list[HitChunk], spec: ImageSpec, repeat: int) -> tuple[dict[str, float], list[bytes]]:
-    """Best times of both renderers and both PNG runs; asserts identical images and PNG bytes. Returns the PNGs too."""
-    times, out = best_times(repeat, {
+def end_to_end(folder: Path, args: argparse.Namespace, workers: int, threads: int) -> Stage:
+    """A stage that runs hits2png(cfg) into a fresh folder and returns {relative path: PNG bytes} in entry order."""
+    cfg = compose_run_config("hits2png", [
+        f"input={folder}/*.root", f"size={args.size}", f"projection=[{args.projection}]", f"step_size={args.step_size}",
+        f"workers={workers}", f"threads={threads}", "progress=false", "compress_level=1", "saturation=4",
+        f"branches.layer={BRANCHES['layer']}", f"branches.subdet={BRANCHES['subdet']}"], output_dir=folder / "run")
+
+    def stage(_: dict[str, Any]) -> list[bytes]:
+        out = folder / f"out-{workers}-{threads}"
+        shutil.rmtree(out, ignore_errors=True)
+        cfg.out = str(out)
+        with open(os.devnull, "w") as quiet, redirect_stdout(quiet):
+            hits2png(cfg)
+        rows = (out / "manifest.csv").read_text().splitlines()[1:]
+        return [(out / row.split(",", 1)[0]).read_bytes() for row in rows]
+
+    return stage
+
+
+def redirect_stdout(target: Any) -> Any:
+    from contextlib import redirect_stdout as redirect
+
+    return redirect(target)
+
+
+def measure(folder: Path, files: list[Path], chunks: list[HitChunk], spec: ImageSpec,
+            args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float], list[bytes]]:
+    """Best wall-clock and CPU times of every stage; asserts identical images, PNG bytes and written files.
+    Returns the PNGs too."""
+    stages: dict[str, Stage] = {
+        "read": lambda _: decompress(files, args.step_size),
         "vec": lambda _: [render_chunk(c, spec) for c in chunks],
         "loop": lambda _: per_event(chunks, spec),
         "vec_png": lambda done: [data for batch in done["vec"] for data in encode_pngs(batch)],
-        "loop_png": lambda done: [encode_png(image) for image in done["loop"]]})
+        "loop_png": lambda done: [encode_png(image) for image in done["loop"]],
+        "write": lambda done: write_all(folder / "written", done["vec_png"]),
+        "e2e_threads_0": end_to_end(folder, args, 1, 0),
+    }
+    for workers in args.workers:
+        stages[f"e2e_workers_{workers}"] = end_to_end(folder, args, workers, args.threads)
+    times, cpu, out = best_times(args.repeat, stages)
     images = np.concatenate(out["vec"])
+    assert out["read"] == len(images), "uproot read another number of events"
     assert np.array_equal(images, np.stack(out["loop"])), "the vectorised and the per-event images differ"
     assert out["vec_png"] == out["loop_png"], "the PNG writer gives other bytes per chunk than per event"
     check_pngs(out["vec_png"], images)
-    return times, out["vec_png"]
+    for name in stages:
+        if name.startswith("e2e"):
+            assert out[name] == out["vec_png"], f"{name}: hits2png wrote other bytes than the PNG writer gives"
+    return times, cpu, out["vec_png"]
 
 
-def figures_of(chunks: list[HitChunk], read_s: float, times: dict[str, float], pngs: list[bytes],
-               args: argparse.Namespace) -> dict[str, Any]:
-    """Events/s, PNG cost and ratios (the JSON written by --json)."""
+def write_all(folder: Path, pngs: list[bytes]) -> None:
+    """Every PNG written atomically as hits2png does (temporary name, rename), in one folder."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for k, data in enumerate(pngs):
+        write_file_atomic(str(folder / f"{k:07d}.png"), data, "bench")
+
+
+def figures_of(chunks: list[HitChunk], times: dict[str, float], cpu: dict[str, float], pngs: list[bytes],
+               args: argparse.Namespace, load: tuple[str, str]) -> dict[str, Any]:
+    """Events/s, costs per event and ratios (the JSON written by --json); `cpu_*`: the same from CPU time, steadier
+    than wall-clock time on a busy machine (not for the worker scaling)."""
     n = sum(c.n_events for c in chunks)
-    vec, loop, vec_png, loop_png = times["vec"], times["loop"], times["vec_png"], times["loop_png"]
+    t = times
+    e2e = f"e2e_workers_{args.workers[0]}"
+    cpu_limit = cpu["read"] + cpu["vec_png"]
+    rate = {name: n / seconds for name, seconds in t.items()}
+    limit = n / (t["read"] + t["vec_png"])
+    one = rate[f"e2e_workers_{args.workers[0]}"]
     return {"events": n, "hits_per_event": sum(len(c.row) for c in chunks) / n, "size": args.size,
-            "projection": args.projection, "repeat": args.repeat, "read_events_per_s": n / read_s,
-            "vectorised_events_per_s": n / vec, "loop_events_per_s": n / loop, "ratio_render": loop / vec,
-            "png_vectorised_us_per_image": 1e6 * vec_png / n, "png_loop_us_per_image": 1e6 * loop_png / n,
-            "png_bytes_per_image": sum(map(len, pngs)) / n, "with_png_vectorised_events_per_s": n / (vec + vec_png),
-            "with_png_loop_events_per_s": n / (loop + loop_png), "ratio_with_png": (loop + loop_png) / (vec + vec_png),
-            "identical_pixels": 1.0}
+            "projection": args.projection, "repeat": args.repeat, "threads": args.threads, "cpus": os.cpu_count(),
+            "load_before": load[0], "load_after": load[1], "png_bytes_per_image": sum(map(len, pngs)) / n,
+            "us_per_event": {name: 1e6 * seconds / n for name, seconds in t.items()},
+            "cpu_us_per_event": {name: 1e6 * seconds / n for name, seconds in cpu.items()},
+            "cpu_ratio_render": cpu["loop"] / cpu["vec"],
+            "cpu_ratio_with_png": (cpu["loop"] + cpu["loop_png"]) / (cpu["vec"] + cpu["vec_png"]),
+            "cpu_ratio_e2e_threads_0_to_limit": cpu_limit / cpu["e2e_threads_0"], "cpu_ratio_e2e_to_limit": cpu_limit / cpu[e2e],
+            "read_events_per_s": rate["read"], "vectorised_events_per_s": rate["vec"], "loop_events_per_s": rate["loop"],
+            "ratio_render": t["loop"] / t["vec"],
+            "with_png_vectorised_events_per_s": n / (t["vec"] + t["vec_png"]),
+            "with_png_loop_events_per_s": n / (t["loop"] + t["loop_png"]),
+            "ratio_with_png": (t["loop"] + t["loop_png"]) / (t["vec"] + t["vec_png"]),
+            "limit_events_per_s": limit, "e2e_threads_0_events_per_s": rate["e2e_threads_0"],
+            "e2e_events_per_s": {w: rate[f"e2e_workers_{w}"] for w in args.workers},
+            "ratio_e2e_to_limit": one / limit, "ratio_e2e_threads_0_to_limit": rate["e2e_threads_0"] / limit,
+            "scaling": {w: rate[f"e2e_workers_{w}"] / one for w in args.workers}, "identical_pixels": 1.0}
 
 
-def report(f: dict[str, Any], step_size: int) -> None:
-    """The figures as text."""
-    print(f"{f['events']} events, {f['hits_per_event']:.0f} hits/event, {f['projection']} at {f['size']} px "
-          f"(identical pixels and PNG bytes; best of {f['repeat']})")
-    print(f"read (uproot, chunks of {step_size}): {f['read_events_per_s']:10.0f} events/s")
-    print(f"render, per-event loop:            {f['loop_events_per_s']:10.0f} events/s")
-    print(f"render, vectorised chunks:         {f['vectorised_events_per_s']:10.0f} events/s")
-    print(f"ratio vectorised/loop (render):    {f['ratio_render']:10.1f}x")
-    print(f"PNG encode per image, loop / vectorised: {f['png_loop_us_per_image']:.1f} / "
-          f"{f['png_vectorised_us_per_image']:.1f} us ({f['png_bytes_per_image']:.0f} bytes)")
-    print(f"render + PNG encode, loop / vectorised: {f['with_png_loop_events_per_s']:.0f} / "
-          f"{f['with_png_vectorised_events_per_s']:.0f} events/s, ratio {f['ratio_with_png']:.1f}x")
+def report(f: dict[str, Any], args: argparse.Namespace) -> None:
+    """One table: what, reference, ours, ratio, goal."""
+    us = f["us_per_event"]
+    print(f"{f['events']} events, {f['hits_per_event']:.0f} hits/event, {f['projection']} at {f['size']} px, chunks of "
+          f"{args.step_size}, {f['png_bytes_per_image']:.0f} bytes/PNG; best of {f['repeat']}; {f['cpus']} CPUs, "
+          f"load average {f['load_before']} before, {f['load_after']} after")
+    print("identical pixels both ways; PNG bytes equal per event, per chunk and in every file hits2png wrote")
+    for what, cost in (("wall-clock", us), ("CPU", f["cpu_us_per_event"])):
+        print(f"{what} us per event: read {cost['read']:.1f}, render {cost['vec']:.1f} (loop {cost['loop']:.1f}), "
+              f"encode {cost['vec_png']:.1f}, write files {cost['write']:.1f}; hits2png end to end "
+              f"{cost['e2e_threads_0']:.1f} (threads=0)")
+    w1 = args.workers[0]
+    rows = [("render (events/s)", "per-event loop", f["loop_events_per_s"], "vectorised", f["vectorised_events_per_s"],
+             f["ratio_render"], f["cpu_ratio_render"], ">= 20x"),
+            ("render + PNG encode (events/s)", "per-event loop", f["with_png_loop_events_per_s"], "vectorised",
+             f["with_png_vectorised_events_per_s"], f["ratio_with_png"], f["cpu_ratio_with_png"], ""),
+            ("hits2png end to end (events/s)", "read + encode alone", f["limit_events_per_s"],
+             f"workers={w1} threads=0", f["e2e_threads_0_events_per_s"], f["ratio_e2e_threads_0_to_limit"],
+             f["cpu_ratio_e2e_threads_0_to_limit"], ">= 0.5"),
+            ("hits2png end to end (events/s)", "read + encode alone", f["limit_events_per_s"],
+             f"workers={w1} threads={args.threads}", f["e2e_events_per_s"][w1], f["ratio_e2e_to_limit"],
+             f["cpu_ratio_e2e_to_limit"], ">= 0.5")]
+    rows += [("hits2png scaling (events/s)", f"workers={w1}", f["e2e_events_per_s"][w1], f"workers={w}",
+              f["e2e_events_per_s"][w], f["scaling"][w], None, f"~{w / w1:.0f}x (<= CPUs)") for w in args.workers[1:]]
+    print(f"{'stage':31s} {'reference':20s} {'events/s':>8s}  {'ours':20s} {'events/s':>8s} {'ratio':>6s} "
+          f"{'by CPU':>6s}  goal")
+    for stage, ref, ref_rate, ours, our_rate, ratio, cpu_ratio, goal in rows:
+        by_cpu = "" if cpu_ratio is None else f"{cpu_ratio:.2f}x"
+        print(f"{stage:31s} {ref:20s} {ref_rate:8.0f}  {ours:20s} {our_rate:8.0f} {ratio:5.2f}x {by_cpu:>6s}  {goal}")
+    print(f"ratio vectorised/loop (render): {f['ratio_render']:.1f}x; end to end / limit: {f['ratio_e2e_to_limit']:.2f}")
+
+
+def load_average() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def main() -> None:
-    """Simulate, read, render and encode both ways; print (and optionally write) the figures."""
+    """Simulate, read, render, encode and convert; print (and optionally write) the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=4000, help="events in total (half qcd, half jpsi)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--projection", default="xy,rz")
     parser.add_argument("--step-size", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5, help="timed turns of every stage; the best is kept")
+    parser.add_argument("--threads", type=int, default=2, help="hits2png's threads for the end-to-end rows")
+    parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
+                        help="hits2png worker counts to compare, the first is the reference (default: 1 and the CPUs)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    read_s, chunks = simulated_chunks(args.events, args.step_size)
-    assert all(np.all(np.diff(c.row) >= 0) for c in chunks), "hits are not stored event after event"
-    spec = regularize_spec(args.projection, size=args.size, saturation=4)
-    times, pngs = measure(chunks, spec, args.repeat)
-    figures = figures_of(chunks, read_s, times, pngs, args)
-    report(figures, args.step_size)
+    args.workers = list(dict.fromkeys(int(w) for w in args.workers.split(",")))
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="bench_hits2png-") as tmp:
+        folder = Path(tmp)
+        files = simulated_files(folder, args.events)
+        chunks = read_chunks(files, args.step_size)
+        assert all(np.all(np.diff(c.row) >= 0) for c in chunks), "hits are not stored event after event"
+        spec = regularize_spec(args.projection, size=args.size, saturation=4)
+        times, cpu, pngs = measure(folder, files, chunks, spec, args)
+    figures = figures_of(chunks, times, cpu, pngs, args, (load_before, load_average()))
+    report(figures, args)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

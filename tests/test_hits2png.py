@@ -17,7 +17,9 @@ import pytest
 import uproot
 from PIL import Image
 
+from cmsdl.features.images.convert import event_slices
 from cmsdl.features.images.units import safe_name
+from cmsdl.features.images.write import ImageWriter
 from cmsdl.features.images.png import MODES, decode_png, encode_png, encode_pngs
 from cmsdl.features.images.read import HitChunk
 from cmsdl.features.images.render import coordinates, floored, floored_radius, regularize_spec, render_chunk, render_event
@@ -294,3 +296,33 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
         for w in workers:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_event_slices_render_the_same_images_as_the_whole_chunk() -> None:
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 50, 300)
+    counts[[0, 127, 128, 299]] = 0  # empty events at slice edges
+    row = np.repeat(np.arange(300), counts)
+    hits = {"x": rng.normal(0, 50, len(row)), "y": rng.normal(0, 50, len(row)), "z": rng.normal(0, 100, len(row))}
+    chunk = HitChunk(np.arange(1000, 1300), row, hits)
+    spec = regularize_spec("xy,rz", size=16)
+    pieces = list(event_slices(chunk, 128))
+    assert [start for start, _ in pieces] == [0, 128, 256] and [p.n_events for _, p in pieces] == [128, 128, 44]
+    assert np.array_equal(np.concatenate([render_chunk(p, spec) for _, p in pieces]), render_chunk(chunk, spec))
+    assert np.array_equal(np.concatenate([p.entries for _, p in pieces]), chunk.entries)
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_image_writer_writes_the_encoders_bytes_and_leaves_no_temporaries(tmp_path: Path, threads: int) -> None:
+    rng = np.random.default_rng(threads)
+    images = (rng.integers(0, 256, (50, 2, 8, 8)) * (rng.random((50, 2, 8, 8)) < 0.1)).astype(np.uint8)
+    paths = [f"{'ab'[k % 2]}/{k:03d}.png" for k in range(50)]
+    with ImageWriter(tmp_path, 1, threads) as writer:
+        writer.submit(images[:20], paths[:20])
+        writer.submit(images[20:], paths[20:])
+    assert [(tmp_path / p).read_bytes() for p in paths] == encode_pngs(images, 1)
+    (tmp_path / "taken.png").mkdir()  # a folder where an image should go: the rename fails
+    with pytest.raises(OSError):
+        with ImageWriter(tmp_path, 1, threads) as writer:
+            writer.submit(images[:2], ["ok.png", "taken.png"])
+    assert not list(tmp_path.rglob("*.tmp")) and (tmp_path / "ok.png").read_bytes() == encode_png(images[0], 1)
