@@ -39,6 +39,8 @@ def hydra_app(config_name: str, prepare_argv: Callable[[list[str]], list[str]] |
             try:
                 return fn(cfg)
             except CmsdlError as err:
+                if in_sweep():
+                    raise  # a row of the sweep's summary (cmsdl.sweeps.SweepSummary); the other points still run
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(2) from None
 
@@ -55,6 +57,13 @@ def hydra_app(config_name: str, prepare_argv: Callable[[list[str]], list[str]] |
         return app_with_argv
 
     return wrap
+
+
+def in_sweep() -> bool:
+    """Whether this Hydra job is a point of a `-m` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN")
 
 
 @dataclass(frozen=True)

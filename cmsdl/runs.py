@@ -8,6 +8,7 @@ same command plus ``resume=true`` continues in the same directory. Saved overrid
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime
@@ -74,20 +75,34 @@ def _checkpoints(run_dir: Path, mode: str) -> list[Path]:
 
 
 def is_finished(run_dir: Path, mode: str = "RUN") -> bool:
-    """A run finished when it wrote metrics.json (a sweep: every point that has a checkpoint did)."""
+    """A run finished when it wrote metrics.json; a sweep when its summary.csv lists every point as finished."""
+    if mode == "MULTIRUN":
+        from cmsdl.sweeps import read_summary
+
+        rows = read_summary(run_dir)
+        return bool(rows) and all(row.get("status") == "finished" for row in rows)
     return all((ckpt.parent.parent / "metrics.json").is_file() for ckpt in _checkpoints(run_dir, mode))
 
 
-def find_resumable_run(task_dir: Path, mode: str, overrides: list[str]) -> str | None:
-    """Name of the newest unfinished run in `task_dir` started with `overrides` that has a last.ckpt, or None.
+def _last_activity(run_dir: Path, mode: str) -> float | None:
+    """When a resumable run was last active (its newest last.ckpt; a sweep: also its start), None for none."""
+    times = [c.stat().st_mtime for c in _checkpoints(run_dir, mode)]
+    if mode == "MULTIRUN" and (run_dir / "multirun.yaml").is_file():
+        times.append((run_dir / "multirun.yaml").stat().st_mtime)
+    return max(times, default=None)
 
-    Newest means the latest last.ckpt write, not the name: run names need not be timestamps.
+
+def find_resumable_run(task_dir: Path, mode: str, overrides: list[str]) -> str | None:
+    """Name of the newest unfinished run in `task_dir` started with `overrides` that has a last.ckpt (a sweep: any
+    unfinished sweep of those overrides, finished points and all), or None.
+
+    Newest means the latest last.ckpt write (or sweep start), not the name: run names need not be timestamps.
     """
     runs = task_dir / ("multiruns" if mode == "MULTIRUN" else "runs")
     if not runs.is_dir():
         return None
-    unfinished = [(max(c.stat().st_mtime for c in ckpts), run_dir.name) for run_dir in runs.iterdir()
-                  if run_dir.is_dir() and (ckpts := _checkpoints(run_dir, mode))
+    unfinished = [(active, run_dir.name) for run_dir in runs.iterdir()
+                  if run_dir.is_dir() and (active := _last_activity(run_dir, mode)) is not None
                   and _saved_overrides(run_dir, mode) == overrides and not is_finished(run_dir, mode)]
     return max(unfinished)[1] if unfinished else None
 
@@ -166,6 +181,20 @@ def checkpoint_to_resume(resume: Any, output_dir: str | Path) -> str | None:
         return str(last)
     log.warning("resume=true, but %s; starting a new run", why_nothing_to_resume(Path(output_dir)))
     return None
+
+
+def finished_sweep_point(resume: Any, output_dir: str | Path) -> dict[str, Any] | None:
+    """In a sweep run again with resume=true, the metrics.json of a point that finished earlier (it is skipped)."""
+    from cmsdl.config import in_sweep
+
+    path = Path(output_dir) / "metrics.json"
+    if not (is_true(resume) and path.is_file() and in_sweep()):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("metrics"), dict) else None
 
 
 def why_nothing_to_resume(output_dir: Path) -> str:

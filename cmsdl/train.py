@@ -24,7 +24,7 @@ from cmsdl.config import check_values, instantiate_group, instantiate_logged, to
 from cmsdl.io import write_config, write_json
 from cmsdl.loggers import log_config, log_run_outputs
 from cmsdl.models.classifier import output_size
-from cmsdl.runs import LAST_CKPT, checkpoint_to_resume
+from cmsdl.runs import LAST_CKPT, checkpoint_to_resume, finished_sweep_point
 
 log = logging.getLogger(__name__)
 SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
@@ -80,6 +80,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) the configured model; returns the summary written to metrics.json."""
     check_values(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    finished = finished_sweep_point(cfg.resume, output_dir)
+    if finished is not None:
+        log.info("%s: finished earlier (metrics.json); skipped", output_dir)
+        return finished
     resume_from = checkpoint_to_resume(cfg.resume, output_dir)
     datamodule, model, trainer = build(cfg)
     save_config(cfg, output_dir)
