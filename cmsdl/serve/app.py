@@ -5,9 +5,12 @@
     POST   /models/{name}/predict      JSON {"inputs"|"rows"|"records"|"images"|"hits": [...]} or a .npy body
     PUT    /models/{name}              upload (raw ONNX bytes; Authorization: Bearer <token> if configured)
     DELETE /models/{name}              remove (same guard)
+    /v2/...                            the Open Inference Protocol (KServe V2, Triton's HTTP API): cmsdl.serve.v2
+    GET    /metrics                    Prometheus text format: cmsdl.serve.metrics
 
 Every bad request gets a 4xx JSON ``{"error": "..."}`` that names the problem; the service keeps serving.
-Bodies are parsed and predicted in worker threads, a few at a time (bodies.Limits), so `/health` always answers.
+Bodies are parsed and predicted in worker threads, a few at a time (bodies.Limits), so `/health` always answers;
+small requests for tabular models are answered on the event loop (microseconds: a thread hop would cost more).
 Runs on cmsdl.inference: no torch.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,13 +28,18 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from cmsdl.errors import ConfigError
 from cmsdl.inference import InputError, Predictor
 from cmsdl.serve.bodies import JSON_TYPES, NPY_TYPES, HTTPError, Limits, answer, media_type, read_body
-from cmsdl.serve.store import ModelNameError, ModelStore, UnknownModelError, check_name
+from cmsdl.serve.fast import FastPaths
+from cmsdl.serve.metrics import RequestMetrics, metrics_text
+from cmsdl.serve.store import ModelNameError, ModelStore, RepositoryModelError, UnknownModelError, check_name
+from cmsdl.serve.v2 import v2_routes
 
 log = logging.getLogger(__name__)
+V2_MODEL_PATH = re.compile(r"models/(.+?)(?:/versions/[^/]*)?(?:/infer|/ready)?")
 
 
 def create_app(models: str, token: str | None = None, threads: int | None = None, read_only: bool = False,
@@ -49,7 +58,10 @@ def create_app(models: str, token: str | None = None, threads: int | None = None
     app.include_router(model_read_routes(store))
     app.include_router(predict_routes(store, limits, gate))
     app.include_router(model_write_routes(store, limits, gate, WriteGuard(token, read_only)))
+    app.include_router(v2_routes(store, limits, gate))
     app.include_router(unknown_model_paths())  # last: it answers whatever the routes above do not
+    app.add_middleware(FastPaths, store=store, limits=limits)
+    app.add_middleware(RequestMetrics, served=store.has)  # added last: the outermost, so it sees every answer
     return app
 
 
@@ -75,6 +87,11 @@ def health_routes() -> APIRouter:
             return JSONResponse({"status": "loading"}, status_code=503)
         store = request.app.state.store
         return JSONResponse({"status": "ready", "models": len(store.names()), "invalid_files": store.errors})
+
+    @router.get("/metrics")
+    def metrics() -> Response:
+        content, content_type = metrics_text()
+        return Response(content, media_type=content_type)
 
     return router
 
@@ -106,6 +123,8 @@ def predict_routes(store: ModelStore, limits: Limits, gate: asyncio.Semaphore) -
             raise HTTPError(415, f"content type {content_type!r}: send application/json or application/x-npy")
         limit = limits.npy_bytes if content_type in NPY_TYPES else limits.json_bytes
         body = await read_body(request, limit, limits.body_timeout_s)
+        if predictor.kind == "tabular" and len(body) <= limits.inline_bytes:
+            return Response(answer(name, predictor, content_type, body, limits), media_type="application/json")
         async with gate:
             content = await run_in_threadpool(answer, name, predictor, content_type, body, limits)
         return Response(content, media_type="application/json")
@@ -143,7 +162,7 @@ def model_write_routes(store: ModelStore, limits: Limits, gate: asyncio.Semaphor
         try:
             async with gate:
                 predictor, replaced = await run_in_threadpool(store.put, name, body)
-        except ModelNameError:
+        except (ModelNameError, RepositoryModelError):
             raise
         except ValueError as err:
             raise HTTPError(422, f"upload {name!r} rejected, the served model is unchanged: {err}") from None
@@ -162,7 +181,8 @@ def model_write_routes(store: ModelStore, limits: Limits, gate: asyncio.Semaphor
 
 
 def unknown_model_paths() -> APIRouter:
-    """Anything else under /models/, such as a model name with a path in it (../x): 400 naming it, else 404."""
+    """Anything else under /models/, such as a model name with a path in it (../x): 400 naming it, else 404;
+    and anything else under /v2/."""
     router = APIRouter()
 
     @router.api_route("/models/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
@@ -170,12 +190,20 @@ def unknown_model_paths() -> APIRouter:
         check_name(rest.removesuffix("/predict"))
         raise HTTPError(404, f"no endpoint /models/{rest}")
 
+    @router.api_route("/v2/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    def bad_v2_path(rest: str) -> None:
+        model = V2_MODEL_PATH.fullmatch(rest)
+        if model and ".." in model[1]:
+            check_name(model[1])
+        raise HTTPError(404, f"no endpoint /v2/{rest[:200]}")
+
     return router
 
 
 def add_error_handlers(app: FastAPI) -> None:
     """Each error type of the service as its 4xx JSON answer."""
-    statuses: dict[type[Exception], int] = {UnknownModelError: 404, ModelNameError: 400, InputError: 422}
+    statuses: dict[type[Exception], int] = {UnknownModelError: 404, ModelNameError: 400, InputError: 422,
+                                            RepositoryModelError: 409}
 
     async def known_error(request: Request, err: Exception) -> JSONResponse:
         status = next(code for kind, code in statuses.items() if isinstance(err, kind))
@@ -184,7 +212,11 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, err: HTTPError) -> JSONResponse:
         return JSONResponse({"error": err.message}, status_code=err.status)
 
+    async def framework_error(request: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
     app.add_exception_handler(HTTPError, http_error)
+    app.add_exception_handler(HTTPException, framework_error)
     for error_type in statuses:
         app.add_exception_handler(error_type, known_error)
 

@@ -14,10 +14,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 
-from cmsdl.inference import InputError, Predictor, load_npy
+from cmsdl.inference import InputError, Prediction, Predictor, load_npy
 from cmsdl.inference.arrays import tensor_from_json
+from cmsdl.serve.metrics import record_batch
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 JSON_TYPES = ("application/json", "")
@@ -33,7 +35,9 @@ class HTTPError(Exception):
 @dataclass(frozen=True)
 class Limits:
     """What one request may cost: body sizes per kind, items per JSON batch, time to send the body, and how many
-    requests are parsed and predicted at once (the others wait their turn)."""
+    requests are parsed and predicted at once in worker threads (the others wait their turn). Requests for tabular
+    models with bodies of at most `inline_bytes` are answered on the event loop itself: they take microseconds,
+    and the hop to a thread would cost more than the prediction."""
 
     json_bytes: int = 8 << 20
     npy_bytes: int = 64 << 20
@@ -41,6 +45,7 @@ class Limits:
     batch_items: int = 4096
     body_timeout_s: float = 30.0
     parallel: int = 4
+    inline_bytes: int = 16 << 10
 
 
 def media_type(request: Request) -> str:
@@ -71,14 +76,24 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         raise HTTPError(400, "the client closed the connection before the body was complete") from None
 
 
+def parse_json(body: bytes | memoryview, where: str = "body") -> Any:
+    """A JSON document, parsed by orjson; what orjson refuses (NaN, integers beyond 64 bits, deep nesting) is
+    parsed again by the standard library so that such values are refused by the same checks as before."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(bytes(body))
+    except RecursionError:
+        raise HTTPError(400, f"{where}: JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, invalid UTF-8, integers of over 4300 digits
+        raise HTTPError(400, f"{where}: malformed JSON ({str(err)[:120]})") from None
+
+
 def parse_json_request(body: bytes, batch_items: int) -> tuple[str, list]:
     """The one input kind of a JSON predict request and its payload (at most `batch_items` items)."""
-    try:
-        doc = json.loads(body)
-    except RecursionError:
-        raise HTTPError(400, "body: JSON nested too deeply") from None
-    except ValueError as err:  # JSONDecodeError, invalid UTF-8, integers of over 4300 digits
-        raise HTTPError(400, f"body: malformed JSON ({str(err)[:120]})") from None
+    doc = parse_json(body)
     kinds = [k for k in JSON_KINDS if isinstance(doc, dict) and k in doc]
     if len(kinds) != 1 or not isinstance(doc[kinds[0]], list):
         raise HTTPError(400, f"body: expected an object with exactly one list among {', '.join(JSON_KINDS)}")
@@ -89,14 +104,14 @@ def parse_json_request(body: bytes, batch_items: int) -> tuple[str, list]:
     return kinds[0], payload
 
 
-def predict_json(predictor: Predictor, kind: str, payload: list) -> dict[str, Any]:
+def predict_json(predictor: Predictor, kind: str, payload: list) -> Prediction:
     if kind == "inputs":
-        return predictor.run(tensor_from_json(payload, predictor.contract.input.dtype)).to_dict()
+        return predictor.run(tensor_from_json(payload, predictor.contract.input.dtype))
     if kind == "images":
         predictor.require_kind("image")
-        return predictor.predict_images([decode_base64(item, i) for i, item in enumerate(payload)]).to_dict()
+        return predictor.predict_images([decode_base64(item, i) for i, item in enumerate(payload)])
     methods = {"rows": predictor.predict_rows, "records": predictor.predict_records, "hits": predictor.predict_hits}
-    return methods[kind](payload).to_dict()
+    return methods[kind](payload)
 
 
 def decode_base64(item: Any, i: int) -> bytes:
@@ -107,9 +122,11 @@ def decode_base64(item: Any, i: int) -> bytes:
 
 
 def answer(name: str, predictor: Predictor, content_type: str, body: bytes, limits: Limits) -> bytes:
-    """Parse, predict and serialise one request (run in a worker thread): the response body as JSON bytes."""
+    """Parse, predict and serialise one request: the response body as JSON bytes."""
     if content_type in NPY_TYPES:
-        result = predictor.run(load_npy(body)).to_dict()
+        prediction = predictor.run(load_npy(body))
     else:
-        result = predict_json(predictor, *parse_json_request(body, limits.batch_items))
-    return json.dumps({"model": name, **result}, separators=(",", ":")).encode()
+        prediction = predict_json(predictor, *parse_json_request(body, limits.batch_items))
+    record_batch(name, "predict", len(prediction.outputs))
+    result = prediction.to_dict()
+    return orjson.dumps({"model": name, **result})
