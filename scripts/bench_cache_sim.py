@@ -15,17 +15,21 @@ import time
 
 import numpy as np
 
+from bench_all import bench_line
 from cmsdl.tools.cache import POLICIES, CacheSimulator, static_set
 from cmsdl.tools.cache_sim import causal_protection, oracle_protection, persistence
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     parser.add_argument("--accesses", type=int, default=1_000_000)
     parser.add_argument("--datasets", type=int, default=50_000)
     parser.add_argument("--weeks", type=int, default=52)
     parser.add_argument("--cache", type=float, default=0.05, help="cache size as a fraction of the distinct datasets")
     args = parser.parse_args()
+    if args.small:
+        args.accesses, args.datasets = 100_000, 5_000
     rng = np.random.default_rng(0)
     items = (rng.zipf(1.15, args.accesses) - 1) % args.datasets
     weeks = np.sort(rng.integers(0, args.weeks, args.accesses))
@@ -44,6 +48,7 @@ def main() -> None:
           f"{sim.max_hits_from(scored_from) / (sim.requests - scored_from):.3f}")
     print("policy | seconds | accesses/s | hit rate | vs LRU time")
     base = None
+    rates = {}
     for policy in POLICIES:
         start = time.perf_counter()
         result = sim.run(policy, capacity, protected=guards.get(policy), static=static, score_from=scored_from)
@@ -51,6 +56,8 @@ def main() -> None:
         base = base or seconds
         print(f"{policy.upper():6} | {seconds:7.2f} | {sim.requests / seconds:12,.0f} | {result.hit_rate:.3f} | "
               f"{seconds / base:.2f}x")
+        rates[policy] = sim.requests / seconds
+    print(bench_line("cache simulator: OPT (Belady) vs LRU accesses/s", rates["opt"], rates["lru"], "", "accesses/s"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from bench_all import bench_line
 from cmsdl.data.images import EventImageDataModule
 from cmsdl.features.images.png import decode_png
 
@@ -47,12 +48,15 @@ def images_per_s(loader, epochs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     parser.add_argument("--events", type=int, default=1000, help="events per process (jpsi, qcd)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.small:
+        args.events = 200
     with tempfile.TemporaryDirectory() as tmp:
         cmsdl = [sys.executable, "-m", "cmsdl.cli"]
         subprocess.run([*cmsdl, "simulate", "out=raw", f"n_events={args.events}", "processes=[jpsi,qcd]",
@@ -75,6 +79,7 @@ def main() -> None:
     print(f"decode PNG files every epoch: {png_rate:10.0f} images/s")
     print(f"uint8 cache (decoded once):   {cache_rate:10.0f} images/s   (building the cache took {build_s:.1f} s, once)")
     print(f"ratio cache/PNG:              {figures['ratio']:10.1f}x")
+    print(bench_line("image loader: uint8 cache vs decoding PNGs", cache_rate, png_rate, "", "images/s"))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

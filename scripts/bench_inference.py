@@ -23,6 +23,7 @@ import onnxruntime as ort
 import torch
 import torchvision
 
+from bench_all import bench_line
 from cmsdl.models.mlp import MLP
 
 
@@ -67,6 +68,7 @@ def compare(name: str, model: torch.nn.Module, shape: tuple[int, ...], threads: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=2)
@@ -74,6 +76,8 @@ def main() -> None:
     parser.add_argument("--resnet-repeats", type=int, default=10)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.small:
+        args.repeats, args.resnet_repeats, args.image_size = 50, 2, 32
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"CPU, {args.threads} threads, torch {torch.__version__}, onnxruntime {ort.__version__}")
@@ -84,6 +88,9 @@ def main() -> None:
     resnet.conv1 = torch.nn.Conv2d(args.channels, 64, 7, 2, 3, bias=False)
     rows += compare("resnet50", resnet, (args.channels, args.image_size, args.image_size), args.threads,
                     args.resnet_repeats)
+    mlp_1 = next(r for r in rows if r["model"] == "mlp" and r["batch"] == 1)
+    print(bench_line("inference: MLP batch 1, onnxruntime vs torch eager", 1000 / mlp_1["onnxruntime_ms"],
+                     1000 / mlp_1["torch_ms"], ">= 2", "batches/s"))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench_all import bench_line
 from cmsdl.models.resnet import ResNet
 
 
@@ -59,6 +60,7 @@ def synchronize(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     parser.add_argument("--arch", default="resnet50", help="resnet18 | resnet34 | resnet50 | resnet101")
     parser.add_argument("--modified", action="store_true", help="the resnet50_modified stem (3x3, stride 1) and head")
     parser.add_argument("--size", type=int, default=64, help="image size (hits2png's default: 64)")
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.small:
+        args.arch, args.size, args.batch_size, args.steps, args.warmup = "resnet18", 32, 32, 3, 1
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     args.batch_size = args.batch_size or (256 if on_gpu else 64)
@@ -86,6 +90,8 @@ def main() -> None:
     print(f"fp32:                    {fp32:10.0f} images/s (training steps)")
     print(f"bf16 + channels_last:    {fast:10.0f} images/s")
     print(f"ratio:                   {fast / fp32:10.2f}x")
+    print(bench_line(f"ResNet training: bf16 + channels_last vs fp32, {name} {args.size} px, {where}", fast, fp32, "",
+                     "images/s"))
     if args.json:
         args.json.write_text(json.dumps({"model": name, "device": where, "size": args.size, "channels": args.channels,
                                          "batch_size": args.batch_size, "compile": args.compile,

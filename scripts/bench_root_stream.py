@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -35,17 +36,20 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
 import pyarrow.parquet as pq  # noqa: E402
 import uproot  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bench_all import bench_line  # noqa: E402
 from cmsdl.data.root_table import RootTableDataModule  # noqa: E402
 from cmsdl.sim.nanoaod import PROCESS_CODES, simulate_events, write_root  # noqa: E402
 
 PROCESSES = ("ttbar", "qcd")
 MEMORY_SCALE = 4
 MEMORY_GROWTH_LIMIT = 1.25
+GOAL_RATIO = 0.8  # DataModule events/s over raw uproot's (issue 21)
 TIMEOUT_S = 30
 
 
@@ -137,14 +141,24 @@ def compare(name: str, entries: int, dm: RootTableDataModule, raw: Callable[[], 
     dm.setup()
     setup_s = time.perf_counter() - start
     raw_times, epoch_times, rows = [], [], 0
+    expected_rows = int(dm.rows_per_unit[:, 0].sum())
     for _ in range(repeats):
-        raw_times.append(timed(raw)[0])
+        seconds, raw_rows = timed(raw)
+        raw_times.append(seconds)
         seconds, rows = timed(lambda: epoch(dm))
         epoch_times.append(seconds)
+        if raw_rows != expected_raw(name, entries, dm) or rows != expected_rows:
+            raise SystemExit(f"{name}: raw read {raw_rows:,} rows, DataModule epoch {rows:,} training rows; expected "
+                             f"{expected_raw(name, entries, dm):,} and {expected_rows:,} (the scan's count)")
     raw_s, epoch_s = min(raw_times), min(epoch_times)
     return {"source": name, "setup_s": setup_s, "raw_s": raw_s, "epoch_s": epoch_s,
             "raw_events_per_s": entries / raw_s, "dm_events_per_s": entries / epoch_s,
             "train_rows": rows, "train_rows_per_s": rows / epoch_s, "ratio": raw_s / epoch_s}
+
+
+def expected_raw(name: str, entries: int, dm: RootTableDataModule) -> int:
+    """Rows the raw side must read: every entry of the ROOT files, or every selected row in the Parquet cache."""
+    return int(dm.rows_per_unit.sum()) if name == "Parquet cache" else entries
 
 
 def local_figures(data: Path, cache: Path, args: argparse.Namespace, entries: int) -> list[dict[str, Any]]:
@@ -233,6 +247,8 @@ def print_table(figures: list[dict[str, Any]]) -> None:
         print(f"{f['source']:17} | {f['setup_s']:7.2f} | {f['raw_s']:5.2f} | {f['epoch_s']:7.2f} | "
               f"{f['raw_events_per_s']:12,.0f} | {f['dm_events_per_s']:19,.0f} | {f['train_rows_per_s']:12,.0f} | "
               f"{f['ratio']:5.2f}")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
     for f in figures:
         print(f"ratio DataModule/raw events/s, {f['source']}: {f['ratio']:.2f}")
         if "ratio_to_raw_root" in f:
@@ -271,8 +287,22 @@ def measure(data: Path, cache: Path, server: Any, args: argparse.Namespace) -> d
         figures.append(xrootd_figures(server, args, entries))
     print_table(figures)
     memory = memory_figures(data, args)
+    grows = print_memory(memory)
+    print_bench_lines(figures, memory)
     return {"command": shlex.join(sys.orig_argv), "entries": entries, "sources": figures, "memory": memory,
-            "memory_grows": print_memory(memory)}
+            "memory_grows": grows}
+
+
+def print_bench_lines(figures: list[dict[str, Any]], memory: list[dict[str, Any]]) -> None:
+    """One `BENCH {json}` line per source, and one for memory (scripts/bench_all.py collects them)."""
+    for f in figures:
+        print(bench_line(f"ROOT stream: {f['source']}, DataModule vs raw", f["dm_events_per_s"],
+                         f["raw_events_per_s"], f">= {GOAL_RATIO}", "events/s"))
+    small, large = (m["epoch_above_imports_mb"] for m in memory)
+    filled = memory[0]["train_rows"] >= memory[0]["shuffle_rows"]  # else the 1x run never fills its buffer
+    print(bench_line(f"ROOT stream: epoch memory, {MEMORY_SCALE}x files vs 1x", large, small,
+                     f"<= {MEMORY_GROWTH_LIMIT}" if filled else "", "MB above imports",
+                     note="" if filled else "shuffle buffer not filled at 1x: no goal at this size"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,6 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     parser.add_argument("--events-per-file", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=4, help="files per process (ttbar, qcd)")
     parser.add_argument("--step-size", default="50 MB", help='work unit: entries ("20000") or bytes ("50 MB")')
@@ -299,7 +330,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.small:
+        args.events_per_file, args.files, args.repeats = 20_000, 1, 2
+    return args
 
 
 def main() -> None:
