@@ -317,3 +317,21 @@ def test_cli_refuses_bad_settings_before_calling_the_cluster(api: FakeApiServer,
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
     assert not [key for key in api.objects if key[0] == "physics" and key[2] == "ok-job"], "nothing was created"
+
+
+def test_fanout_submit_status_and_delete(api: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cmsdl k8s submit predict ...`: one Indexed Job, no Service; status lists a pod per shard; delete removes it."""
+    import cmsdl.k8s.app as app
+
+    workload = app.Workload("predict", ("model=/data/m.onnx", "input=/data/in/*.npy", "out=/outputs/p.csv"),
+                            out="/outputs/p.csv")
+    cfg = OmegaConf.create({"action": "submit", "out": None, "follow": False,
+                            "k8s": k8s_config(name="scores", namespace="physics", fanout={"completions": 3})})
+    app.run(cfg, workload)
+    assert "submitted Job/scores to namespace physics" in capsys.readouterr().out
+    assert [r for r in api.requests if r[0] == "POST"] == [("POST", "/apis/batch/v1/namespaces/physics/jobs")]
+    args = api.objects[("physics", "jobs", "scores")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["shard.index=$(JOB_COMPLETION_INDEX)", "shard.count=3"]
+    cluster = Cluster("physics")
+    assert [p["rank"] for p in cluster.status("scores", "indexed")["pods"]] == ["0", "1", "2"]
+    assert cluster.delete("scores", "indexed") == ["Job/scores"], "no Service to delete"

@@ -55,9 +55,7 @@ def strict(schema: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def kserve_validator() -> jsonschema.Validator:
-    schema = strict(json.loads(KSERVE_SCHEMA.read_text()))
-    jsonschema.Draft7Validator.check_schema(schema)
-    return jsonschema.Draft7Validator(schema)
+    return jsonschema.Draft7Validator(strict(json.loads(KSERVE_SCHEMA.read_text())))
 
 
 def validate_inference_service(isvc: dict, validator: jsonschema.Validator) -> None:
