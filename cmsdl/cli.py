@@ -117,30 +117,34 @@ def print_command_help(command: str, args: list[str]) -> int:
     return 0
 
 
-def run_app(command: str, argv: list[str]) -> None:
-    """Run the Hydra app of `command` with `argv` as its command line."""
+def run_app(command: str, argv: list[str], program: str | None = None) -> None:
+    """Run the Hydra app of `command` with `argv` as its command line (`program`: the name Hydra sees, which its
+    completion scripts call back)."""
     app = importlib.import_module(f"cmsdl.commands.{COMMANDS[command][0]}").main
-    sys.argv = [f"cmsdl-{command}" if argv[:1] != ["-sc"] else "cmsdl", *argv]
+    sys.argv = [program or f"cmsdl-{command}", *argv]
     app()
 
 
 def shell_completion(args: list[str]) -> int:
-    """`cmsdl -sc install=bash` prints Hydra's completion script for `cmsdl`; `cmsdl -sc query=bash` (called by
-    that script with COMP_LINE set) completes the command name, then hands the rest of the line to its Hydra app."""
+    """`cmsdl -sc install=bash|zsh|fish` prints Hydra's completion script for `cmsdl`; `cmsdl -sc query=<shell>`
+    (called by that script with COMP_LINE set) completes the command name, then hands the rest of the line, without
+    the command name, to that command's Hydra app."""
     if not any(a.startswith("query=") for a in args):
-        run_app(COMPLETING_COMMAND, ["-sc", *args])
+        run_app(COMPLETING_COMMAND, ["-sc", *args], program="cmsdl")
         return 0
     line = os.environ.get("COMP_LINE", "")
     words = line.split()
     if len(words) < 2 or (len(words) == 2 and not line.endswith(" ")):
         typed = words[1] if len(words) == 2 else ""
-        print(" ".join(name for name in COMMANDS if name.startswith(typed)))
+        separator = "\n" if "query=fish" in args else " "  # as Hydra's fish and bash plugins print theirs
+        print(separator.join(name for name in COMMANDS if name.startswith(typed)))
         return 0
     command = words[1]
     if command not in COMMANDS:
         return 0
-    os.environ["COMP_LINE"] = " ".join(["cmsdl", *apply_aliases(command, words[2:])]) + (" " if line.endswith(" ") else "")
-    run_app(command, ["-sc", *args])
+    rest = " ".join(apply_aliases(command, words[2:]))
+    os.environ["COMP_LINE"] = f"cmsdl {rest}" + (" " if line.endswith(" ") and rest else "")
+    run_app(command, ["-sc", *args], program="cmsdl")
     return 0
 
 
