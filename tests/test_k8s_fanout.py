@@ -134,6 +134,8 @@ def test_arguments_after_the_command_word_belong_to_it(tmp_path: Path) -> None:
     (["render", "predict", "modle=/data/m.onnx", "out=/outputs/p.csv"], r"error: cmsdl predict overrides .*modle"),
     (["render", "hits2png", "out=/outputs/i", "shard.count=3"], r"error: shard.count: set by cmsdl k8s for each pod"),
     (["logs", "predict"], r"error: cmsdl k8s logs: unexpected arguments predict"),
+    (["render", "predict", "out=/outputs/p.csv"], r"error: cmsdl predict: no value for input, onnx \(required by "
+                                                  r"configs/predict.yaml"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(args: list[str], message: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:

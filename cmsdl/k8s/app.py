@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cmsdl.errors import ConfigError, closest
 from cmsdl.io import atomic_write
@@ -81,6 +81,10 @@ def check_workload_overrides(command: str, overrides: list[str]) -> str:
     check_overrides(command, overrides)
     try:
         cfg = compose_run_config(command, [*apply_aliases(command, overrides), "shard.index=0", "shard.count=1"])
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"cmsdl {command}: no value for {', '.join(missing)} (required by "
+                              f"configs/{command}.yaml; the pods would fail)")
         return str(cfg.out)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"cmsdl {command} overrides {' '.join(overrides)}: {err}".splitlines()[0]) from None
