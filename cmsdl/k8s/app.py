@@ -44,8 +44,7 @@ def is_k8s_setting(arg: str) -> bool:
 
 def is_own(arg: str) -> bool:
     """Whether a command-line argument configures `cmsdl k8s` rather than the training run."""
-    key = arg.split("=", 1)[0].lstrip("+~")
-    return arg.startswith("-") or key.startswith(("hydra.", "hydra/")) or key.split(".", 1)[0] in OWN_KEYS
+    return is_k8s_setting(arg) or arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0] in OWN_KEYS
 
 
 def split_arguments(args: list[str]) -> tuple[list[str], list[str]]:
