@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cmsdl.config import compose_run_config, config_dir
+from cmsdl.config_help import command_help, config_comments
 from cmsdl.train import complete_model_config
 
 CONFIGS = Path(config_dir())
@@ -91,6 +92,25 @@ def test_top_level_config_composes_and_resolves(composer, name: str) -> None:
     cfg = composer(name, MANDATORY.get(name, []))
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert isinstance(resolved, dict) and resolved
+
+
+@pytest.mark.parametrize("name", TOP_LEVEL)
+def test_help_shows_each_config_with_the_comments_of_its_files(name: str) -> None:
+    config = command_help(CONFIGS, name, MANDATORY.get(name, [])).split("== Config ==", 1)[1]
+    assert "# " in config, f"cmsdl {name} --help shows no comment of configs/{name}.yaml"
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_every_comment_of_the_train_config_files_lands_on_a_composed_key(composer, experiment: str | None) -> None:
+    """cmsdl train --help writes each YAML comment next to its key: none may be lost to a wrong key path."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = composer("train", [f"experiment={experiment}"] if experiment else [])
+    choices = {g: c for g, c in HydraConfig.get().runtime.choices.items() if not g.startswith("hydra")}
+    missing = object()
+    lost = [key for key in config_comments(CONFIGS, "train", choices)
+            if key != "defaults" and OmegaConf.select(cfg, key, default=missing) is missing]
+    assert not lost, f"comments on keys that the composed config does not have: {lost}"
 
 
 def test_workflow_actions_is_the_seed_network(composer, workflows_file: Path) -> None:
