@@ -189,7 +189,7 @@ def test_predict_pods_run_as_processes_merge_into_what_one_process_writes(tmp_pa
         np.save(data / "inputs" / f"part{i}.npy", rng.normal(size=(n, 6)).astype(np.float32))
     overrides = [f"model={data / 'model.onnx'}", f"input={data / 'inputs'}/*.npy", "batch_size=4"]
     out = tmp_path / "outputs" / "scores" / "predictions.csv"
-    hydra_args, workload = app.parse_arguments(["render", "predict", *overrides, f"out={out}"])
+    _, workload = app.parse_arguments(["render", "predict", *overrides, f"out={out}"])
     [job] = render_fanout(claims(tmp_path, completions=3), workload.command, list(workload.overrides), workload.out,
                           name="fan")
     printed = run_pods(job, tmp_path)
