@@ -6,12 +6,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cmsdl.config import hydra_app
+from cmsdl.config import check_values, hydra_app
 
 
 @hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
+    check_values(cfg)  # a wrong value is refused before torch and Lightning load
     from cmsdl.train import print_next_steps, train
+
     summary = train(cfg)
     print_next_steps(Path(summary["run_dir"]), cfg)
     monitor = cfg.get("optimized_metric")
