@@ -170,6 +170,23 @@ def json_numbers_body(n_bytes: int) -> bytes:
     return ('{"inputs": [' + ",".join([row] * (n_bytes // (len(row) + 1))) + "]}").encode()
 
 
+def v2_tensor(name: str, datatype: str, shape: list, binary: bytes = b"", **fields: object) -> bytes:
+    """A V2 infer body of one tensor; with `binary`, the JSON header is followed by it (binary-tensor extension)."""
+    tensor = {"name": name, "datatype": datatype, "shape": shape, **fields}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": len(binary)}
+    return json.dumps({"inputs": [tensor]}).encode() + binary
+
+
+def v2_headers(body: bytes) -> dict[str, str | bytes]:
+    """The binary extension's header: the length of the JSON part of `body`, which ends at its first ']}'."""
+    return {"inference-header-content-length": str(body.index(b"]}") + 2)}
+
+
+def length_prefixed(*items: bytes) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
 def upload(contract_changes: dict) -> Callable[[], bytes]:
     """An upload whose tabular contract differs from a valid one by `contract_changes`."""
     def build() -> bytes:
@@ -188,9 +205,11 @@ class Case:
     headers: dict[str, str | bytes] | None = None
     copies: int = 1  # sent at once, each on its own connection
     measure: bool = False  # report this case's peak RSS
+    binary: bool = False  # a V2 body with binary data: send Inference-Header-Content-Length for its JSON part
 
 
 PREDICT_TOP, PREDICT_WF, PREDICT_IMG = "/models/top/predict", "/models/wf/predict", "/models/img/predict"
+INFER_TOP, INFER_IMG = "/v2/models/top/infer", "/v2/models/img/infer"
 AUTH = {"authorization": f"Bearer {TOKEN}".encode(), "content-type": "application/octet-stream"}
 CASES = [
     Case("png declaring 9000x9000 RGBA, 6 at once", PREDICT_IMG, lambda: images(png_zeros(9000, 9000)), 422,
@@ -267,13 +286,61 @@ CASES = [
 ]
 
 
+V2_CASES = [
+    Case("v2: png declaring 9000x9000 as binary BYTES, 6 at once", INFER_IMG,
+         lambda: v2_tensor("images", "BYTES", [1], length_prefixed(png_zeros(9000, 9000))), 400, binary=True,
+         copies=6, measure=True),
+    Case("v2: png declaring 20000x20000 as base64 BYTES", INFER_IMG,
+         lambda: v2_tensor("images", "BYTES", [1], data=[base64.b64encode(png_header_only(20000, 20000)).decode()]),
+         400),
+    Case("v2: binary header declaring shape [1e11, 45]", INFER_TOP,
+         v2_tensor("features", "FP32", [100_000_000_000, 45], bytes(180)), 400, binary=True),
+    Case("v2: binary_data_size of 2**62", INFER_TOP,
+         json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 45],
+                                 "parameters": {"binary_data_size": 2**62}}]}).encode(), 400, binary=True),
+    Case("v2: BYTES element declaring 4 GB", INFER_IMG,
+         v2_tensor("images", "BYTES", [1], b"\xff\xff\xff\xff" + bytes(8)), 400, binary=True),
+    Case("v2: 4097 images as BYTES", INFER_IMG, v2_tensor("images", "BYTES", [4097], length_prefixed(b"x") * 4097),
+         400, binary=True),
+    Case("v2: Inference-Header-Content-Length of 1 TB", INFER_TOP, v2_tensor("features", "FP32", [1, 45], bytes(180)),
+         400, headers={"inference-header-content-length": str(1 << 40)}),
+    Case("v2: binary body of 70 MB (over the 64 MB cap)", INFER_TOP,
+         lambda: v2_tensor("features", "FP32", [70 * MB // 180, 45], bytes(70 * MB // 180 * 180)), 413, binary=True,
+         measure=True),
+    Case("v2: JSON of 9 MB (over the 8 MB cap)", INFER_TOP,
+         lambda: v2_tensor("features", "FP32", [50_000, 45], data=[0.25] * 2_250_000), 413, measure=True),
+    Case("v2: JSON nested 100000 deep", INFER_TOP, b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400),
+    Case("v2: data nested 100000 deep", INFER_TOP,
+         b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 45], "data": '
+         + b"[" * 100_000 + b"]" * 100_000 + b"}]}", 400),
+    Case("v2: an integer of 5000 digits", INFER_TOP,
+         b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 45], "data": [' + b"9" * 5000 + b"]}]}",
+         400),
+    Case("v2: shape of 1000 sizes", INFER_TOP, v2_tensor("features", "FP32", [1] * 1000, data=[0.5]), 400),
+    Case("v2: shape sizes that are strings", INFER_TOP, v2_tensor("features", "FP32", ["1", "45"], data=[0.5]), 400),
+    Case("v2: datatype an object", INFER_TOP,
+         b'{"inputs": [{"name": "features", "datatype": {"a": 1}, "shape": [1, 45], "data": [0.5]}]}', 400),
+    Case("v2: inputs a string", INFER_TOP, b'{"inputs": "features"}', 400),
+    Case("v2: tensor name a list", INFER_TOP, b'{"inputs": [{"name": [1]}]}', 400),
+    Case("v2: outputs a number", INFER_TOP, json.dumps({"inputs": [{"name": "features", "datatype": "FP32",
+                                                                     "shape": [1, 45], "data": [0.5] * 45}],
+                                                         "outputs": 5}).encode(), 400),
+    Case("v2: 3e38, model output NaN", INFER_TOP, v2_tensor("features", "FP32", [1, 45], data=[3e38] * 45), 400),
+    Case("v2: model name with a path", "/v2/models/..%2F..%2Fetc/infer", b"{}", 400),
+    Case("v2: model name of 300 characters", "/v2/models/" + "a" * 300 + "/infer", b"{}", 400),
+    Case("v2: metadata of an unknown version", "/v2/models/top/versions/99", None, 404, method="GET"),
+]
+CASES += V2_CASES
+
+
 def send(server: Server, case: Case) -> list[int]:
     """The statuses of the case's requests, sent at once (None where the connection failed)."""
     body = case.body() if callable(case.body) else case.body
+    headers = {**(case.headers or {}), **(v2_headers(body) if case.binary else {})}
     statuses: list[int | None] = [None] * case.copies
 
     def one(i: int) -> None:
-        statuses[i] = server.request(case.method, case.path, body, case.headers)[0]
+        statuses[i] = server.request(case.method, case.path, body, headers)[0]
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(case.copies)]
     for thread in threads:
@@ -372,3 +439,13 @@ def test_a_keep_alive_client_is_not_cut_off_by_the_header_deadline(server: Serve
     finally:
         conn.close()
     assert statuses == [200, 200, 200]
+
+
+def test_a_request_head_over_the_size_cap_gets_400(server: Server) -> None:
+    """max_header_kb (16) holds whichever HTTP parser runs (h11 or httptools)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    with sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert server.health() == 200

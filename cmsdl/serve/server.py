@@ -126,7 +126,8 @@ if HttpToolsProtocol is not None:
 
         def count_head(self, size: int) -> None:
             self.head_bytes += size
-            if self.head_bytes > (self.config.h11_max_incomplete_event_size or h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE):
+            cap = self.config.h11_max_incomplete_event_size or h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+            if self.head_bytes > cap:
                 raise httptools.HttpParserError("request head over the size limit")
 
 

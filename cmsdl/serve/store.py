@@ -13,8 +13,8 @@ its path and that model skipped. Repository models are changed in the repository
 A flat model's name is its file name without ``.onnx``. An upload is loaded and checked first (valid ONNX, a cmsdl
 contract that agrees with the graph, one test inference), then written to a hidden temporary file (mode 0644:
 the service user may differ from the uploader) and renamed over the old one (cmsdl.io.staged_files), so a bad
-upload never replaces a good model. At start-up a bad file is skipped and listed, never fatal. Error texts name files relative to the
-model directory, never its absolute path. Imports no torch.
+upload never replaces a good model. At start-up a bad file is skipped and listed, never fatal. Error texts name
+files relative to the model directory, never its absolute path. Imports no torch.
 """
 
 from __future__ import annotations

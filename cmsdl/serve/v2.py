@@ -282,7 +282,10 @@ def encode_response(request: dict[str, Any], model: Model, prediction: Predictio
     """The response header (and binary output data, if asked for) as (body, header length or None)."""
     spec = model.predictor.contract.outputs[0]
     binary = bool(parameters(request).get("binary_data_output", False))
-    for i, wanted in enumerate(request.get("outputs") or []):
+    requested = request.get("outputs") or []
+    if not isinstance(requested, list):
+        raise InputError(f"outputs: expected a list of {{\"name\": \"{spec.name}\"}} objects")
+    for wanted in requested:
         if not isinstance(wanted, dict) or wanted.get("name") != spec.name:
             shown = wanted.get("name") if isinstance(wanted, dict) else wanted
             raise InputError(f"output {str(shown)[:64]!r}: unknown; this model returns '{spec.name}'")
