@@ -31,7 +31,7 @@ EVERYTHING = dict(
     node_selector={"kubernetes.io/arch": "amd64"}, env={"OMP_NUM_THREADS": "2"},
     secret_env={"EOS_TOKEN": {"secret": "eos", "key": "token"}}, labels={"team": "comp-ops"},
     tolerations=[{"key": "dedicated", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}],
-    fanout={"completions": 8, "parallelism": 3, "gpus": 1,
+    fanout={"completions": 8, "parallelism": 3, "gpus": 1, "image": "registry.cern.ch/cms-ml/cmsdl-inference:0.1.0",
             "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 1, "memory": "2Gi"}}},
 )
 
@@ -65,6 +65,8 @@ def test_the_validator_rejects_a_broken_fanout_job() -> None:
     ("default: 4 pods at once, no GPU", {}, {"completions": 4, "parallelism": 4, "gpu": None}),
     ("parallelism below completions, a GPU per pod", {"fanout": {"completions": 8, "parallelism": 3, "gpus": 1}},
      {"completions": 8, "parallelism": 3, "gpu": "1"}),
+    ("an image of their own", {"fanout": {"image": "reg.example/cmsdl-inference:1"}},
+     {"completions": 4, "parallelism": 4, "gpu": None, "image": "reg.example/cmsdl-inference:1"}),
 ])
 def test_fanout_builder(description: str, changes: dict, expected: dict) -> None:
     [job] = render_fanout(k8s_config(**changes), "predict", PREDICT, "/outputs/p.csv", name="fan")
@@ -73,6 +75,7 @@ def test_fanout_builder(description: str, changes: dict, expected: dict) -> None
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == \
         ("Indexed", expected["completions"], expected["parallelism"]), description
     assert container["command"] == ["cmsdl"]
+    assert container["image"] == expected.get("image", "registry.example.org/cms/cmsdl:0.1.0"), description
     assert container["args"] == ["predict", *PREDICT, "shard.index=$(JOB_COMPLETION_INDEX)",
                                  f"shard.count={expected['completions']}"], description
     env = {e["name"]: e for e in container["env"]}

@@ -81,7 +81,7 @@ def fanout_container(k8s: dict[str, Any], workload: str, overrides: list[str], c
     env = [client.V1EnvVar(name="HOME", value="/tmp"), client.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
            completion_index_env(INDEX_VAR), *user_env(k8s)]
     return client.V1Container(
-        name=CONTAINER, image=k8s["image"], image_pull_policy=k8s["image_pull_policy"], command=["cmsdl"],
+        name=CONTAINER, image=fanout.get("image") or k8s["image"], image_pull_policy=k8s["image_pull_policy"], command=["cmsdl"],
         args=pod_arguments(workload, overrides, completions), env=env, volume_mounts=mounts,
         resources=resource_requirements(fanout.get("resources"), gpus, k8s["gpu_resource"], "k8s.fanout.resources"),
         security_context=container_security(),
