@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cmsdl.checkpoint import load_checkpoint, restore
+from cmsdl.checkpoint import load_checkpoint, restore, restore_model
 from cmsdl.config import compose_run_config
-from cmsdl.export.exporter import InferenceGraph, ParityError, export
+from cmsdl.export.exporter import InferenceGraph, ParityError, export, to_onnx
 from cmsdl.inference import Predictor
+from cmsdl.inference.arrays import standardize
 
 
 def test_export_embeds_the_contract_and_passes_the_checker(exported_model: Path) -> None:
@@ -30,38 +32,53 @@ def test_export_embeds_the_contract_and_passes_the_checker(exported_model: Path)
     assert spec["name"] == "features" and spec["shape"][0] == "batch" and spec["dtype"] == "float32"
     pre = json.loads(meta["cmsdl.preprocessing"])
     assert pre["kind"] == "tabular" and len(pre["feature_names"]) == spec["shape"][1] == len(pre["mean"])
+    assert pre["in_graph"] is True, "the contract records that the graph standardises its raw input itself"
     assert pre["source"]["kind"] == "workflow_actions" and pre["source"]["matrix"]["codes"]
     report = json.loads(exported_model.with_name("workflow_actions.export.json").read_text())
     assert max(report["parity"]["max_abs_diff"].values()) <= 1e-4
 
 
-def test_onnxruntime_matches_pytorch_on_real_samples_at_several_batch_sizes(exported_model: Path,
-                                                                            trained_checkpoint: Path) -> None:
+def test_onnxruntime_on_raw_features_matches_pytorch_after_python_preprocessing(exported_model: Path,
+                                                                                 trained_checkpoint: Path) -> None:
+    """The graph takes the raw feature rows of the test records; PyTorch gets them standardised by Python."""
     datamodule, model = restore(load_checkpoint(trained_checkpoint))
-    x = torch.cat([b[0] for b in datamodule.split_loader("test")])
+    test_records = [datamodule.records[i] for i in datamodule.split_rows["test"]]
+    raw = datamodule.source.transform(test_records).astype(np.float32)
     session = ort.InferenceSession(str(exported_model), providers=["CPUExecutionProvider"])
     graph = InferenceGraph(model).eval()
-    for size in (1, 7, 64, len(x)):
+    for size in (1, 7, 64, len(raw)):
         with torch.no_grad():
-            expected = graph(x[:size]).numpy()
-        got = session.run(["probabilities"], {"features": x[:size].numpy()})[0]
+            expected = graph(torch.from_numpy(standardize(raw[:size], datamodule.mean, datamodule.std))).numpy()
+        got = session.run(["probabilities"], {"features": raw[:size]})[0]
         assert got.shape == (size, 2)
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
-def test_a_client_without_cmsdl_reproduces_the_predictor(exported_model: Path) -> None:
-    """Only the .onnx file: metadata gives feature order and scaling; outputs equal cmsdl's Predictor."""
-    rows = [{"50660|good": 12.0, "84|bad": 3.0}, {"50664|good": 40.0, "71304|good": 7.0, "-1|good": 1.0}]
+def test_the_graph_standardises_its_raw_input_with_onnx_ops(exported_model: Path) -> None:
+    """(x - mean) / std is in the graph, before the network's first layer, with the contract's statistics."""
+    model = onnx.load(str(exported_model))
+    pre = json.loads({p.key: p.value for p in model.metadata_props}["cmsdl.preprocessing"])
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    sub, div = ([n for n in model.graph.node if n.op_type == op] for op in ("Sub", "Div"))
+    assert sub[0].input[0] == "features" and div[0].input[0] == sub[0].output[0]
+    np.testing.assert_array_equal(constants[sub[0].input[1]], np.float32(pre["mean"]))
+    np.testing.assert_array_equal(constants[div[0].input[1]], np.float32(pre["std"]))
+
+
+def test_a_client_without_cmsdl_or_preprocessing_code_reproduces_the_predictor(exported_model: Path) -> None:
+    """A C++-style consumer: raw feature values in metadata order straight into a bare onnxruntime session (no
+    mean, no std, no cmsdl) give the Predictor's scores."""
+    rows = [{"50660|good": 2.5, "84|bad": 1.4}, {"50664|good": 3.7, "71304|good": 2.1, "-1|good": 0.7}]
     client = r'''
 import json, sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-meta = session.get_modelmeta().custom_metadata_map
-pre = json.loads(meta["cmsdl.preprocessing"])
-names, rows = pre["feature_names"], json.loads(sys.argv[2])
-raw = np.array([[row.get(n, 0.0) for n in names] for row in rows], dtype=np.float32)
-x = ((raw - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)).astype(np.float32)
-name = json.loads(meta["cmsdl.inputs"])[0]["name"]
-print(json.dumps({"p": session.run(None, {name: x})[0].tolist(), "cmsdl": [m for m in sys.modules if m.startswith("cmsdl")]}))
+names = json.loads(session.get_modelmeta().custom_metadata_map["cmsdl.preprocessing"])["feature_names"]
+raw = np.array([[row.get(n, 0.0) for n in names] for row in json.loads(sys.argv[2])], dtype=np.float32)
+print(json.dumps({"p": session.run(None, {"features": raw})[0].tolist(),
+                  "cmsdl": [m for m in sys.modules if m.startswith("cmsdl")]}))
 '''
     proc = subprocess.run([sys.executable, "-c", client, str(exported_model), json.dumps(rows)],
                           capture_output=True, text=True, check=True, cwd="/")
@@ -69,6 +86,27 @@ print(json.dumps({"p": session.run(None, {name: x})[0].tolist(), "cmsdl": [m for
     assert result["cmsdl"] == []
     expected = Predictor(exported_model).predict_rows(rows).probabilities
     np.testing.assert_allclose(np.array(result["p"]), expected, atol=1e-6)
+
+
+def test_a_file_exported_before_the_scaling_moved_into_the_graph_still_predicts_the_same(
+        exported_model: Path, trained_checkpoint: Path, workflows_file: Path, tmp_path: Path) -> None:
+    """Written the old way (the network alone on standardised input, no `in_graph` in the contract): the
+    predictor standardises for it, and records, rows and ROOT-style scaled batches score as with the new file."""
+    new = Predictor(exported_model)
+    pre = {key: value for key, value in new.contract.preprocessing.items() if key != "in_graph"}
+    old_contract = replace(new.contract, preprocessing=pre)
+    n = len(pre["feature_names"])
+    model = restore_model(load_checkpoint(trained_checkpoint))
+    old_file = tmp_path / "old.onnx"
+    old_file.write_bytes(to_onnx(InferenceGraph(model).eval(), torch.zeros(2, n), old_contract, 17).SerializeToString())
+    old = Predictor(old_file)
+    assert not old.contract.preprocessing_in_graph and new.contract.preprocessing_in_graph
+    records = json.loads(workflows_file.read_text())["workflows"][:50]
+    np.testing.assert_allclose(old.predict_records(records).probabilities,
+                               new.predict_records(records).probabilities, atol=1e-5)
+    raw = np.random.default_rng(0).uniform(0, 5, size=(9, n))
+    np.testing.assert_allclose(old.run(old.scale(raw)).probabilities, new.run(new.scale(raw)).probabilities,
+                               atol=1e-5)
 
 
 def test_int8_and_fp16_siblings_are_written_with_their_parity(exported_model: Path) -> None:

@@ -23,7 +23,8 @@ from cmsdl.sim.workflows import simulate_workflows
 
 
 def test_importing_cmsdl_inference_loads_no_torch() -> None:
-    code = ("import sys, cmsdl.inference, cmsdl.inference.scores, cmsdl.sim.nanoaod; heavy = [m for m in sys.modules "
+    code = ("import sys, cmsdl.inference, cmsdl.inference.scores, cmsdl.sim.nanoaod, cmsdl.export.triton; "
+            "heavy = [m for m in sys.modules "
             "if m.split('.')[0] in ('torch', 'pytorch_lightning', 'lightning', 'hydra', 'torchvision')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -37,7 +38,8 @@ def test_records_go_through_the_training_preprocessing(exported_model: Path, tra
     kept = [r for r in records if r["action"] in ("acdc", "clone")]
     predictor = Predictor(exported_model)
     from_records = predictor.predict_records([kept[i] for i in test_rows])
-    from_tensor = predictor.run(datamodule.splits["test"].features.numpy())
+    raw = datamodule.source.transform([datamodule.records[i] for i in test_rows]).astype(np.float32)
+    from_tensor = predictor.run(raw)  # the graph takes raw feature rows (it standardises them itself)
     np.testing.assert_allclose(from_records.probabilities, from_tensor.probabilities, atol=1e-6)
     assert set(from_records.labels) <= {"acdc", "clone"} and len(from_records.labels) == len(test_rows)
 
@@ -227,3 +229,55 @@ def test_records_a_model_reader_cannot_take_are_an_input_error() -> None:
         predictor.predict_records([{"name": "w", "tasks": []}])
     with pytest.raises(InputError, match=re.escape("raw features of shape [2, 5], expected [rows, 6]")):
         predictor.scale(np.zeros((2, 5)))
+
+
+SCALING = ([float(i) for i in range(45)], [0.5 + i / 10 for i in range(45)])
+
+
+def standardising_models() -> dict[str, bytes]:
+    """The same toy network exported the old way (scaling outside the graph, no `in_graph`) and the new way
+    (Sub/Div in the graph, `in_graph: true`)."""
+    contract = toy_onnx.tabular_contract(FEATURES, ["b", "t"], scaling=SCALING)
+    return {"old": toy_onnx.model_bytes(toy_onnx.softmax_graph(45, 2), contract),
+            "new": toy_onnx.model_bytes(toy_onnx.softmax_graph(45, 2, scaling=SCALING),
+                                        toy_onnx.tabular_contract(FEATURES, ["b", "t"], scaling=SCALING,
+                                                                  in_graph=True))}
+
+
+def numpy_softmax_model(raw: np.ndarray) -> np.ndarray:
+    """What the toy model computes from raw features, written out in numpy: standardise once, then the network."""
+    graph = toy_onnx.softmax_graph(45, 2)
+    weights, bias = (numpy_helper.to_array(t) for t in graph.initializer)
+    logits = ((raw - np.float32(SCALING[0])) / np.float32(SCALING[1])) @ weights + bias
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("way", ["old", "new"])
+def test_old_and_new_files_standardise_raw_features_exactly_once(way: str) -> None:
+    """A file exported before the scaling moved into the graph still predicts the same: the predictor scales only
+    where the graph does not."""
+    predictor = Predictor(standardising_models()[way], label=f"{way}.onnx")
+    assert predictor.contract.preprocessing_in_graph == (way == "new")
+    raw = np.random.default_rng(1).normal(20, 10, size=(7, 45)).astype(np.float32)
+    rows = [dict(zip(FEATURES, map(float, row))) for row in raw]
+    expected = numpy_softmax_model(raw)
+    np.testing.assert_allclose(predictor.predict_rows(rows).probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(predictor.predict_rows(raw).probabilities, expected, atol=1e-5)
+
+
+def test_raw_features_into_a_bare_session_give_the_predictors_scores() -> None:
+    """A C++-style consumer of a new file needs no preprocessing code: raw rows straight into onnxruntime."""
+    import onnxruntime as ort
+
+    model = standardising_models()["new"]
+    raw = np.random.default_rng(2).normal(20, 10, size=(5, 45)).astype(np.float32)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"features": raw})[0],
+                               Predictor(model).predict_rows(raw).probabilities, atol=1e-6)
+
+
+def test_in_graph_must_be_a_boolean() -> None:
+    contract = toy_onnx.tabular_contract(FEATURES, ["b", "t"], in_graph="yes")  # type: ignore[arg-type]
+    with pytest.raises(ContractError, match=re.escape("cmsdl.preprocessing.in_graph must be true or false")):
+        Predictor(toy_onnx.model_bytes(toy_onnx.softmax_graph(45, 2), contract), label="m.onnx")

@@ -15,12 +15,17 @@ OPSET = 17
 
 
 def tabular_contract(features: list[str], classes: list[str], defaults: dict[str, float] | None = None,
-                     source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The cmsdl.* metadata of a tabular classifier."""
+                     source: dict[str, Any] | None = None, scaling: tuple[list[float], list[float]] | None = None,
+                     in_graph: bool | None = None) -> dict[str, Any]:
+    """The cmsdl.* metadata of a tabular classifier (standardised with `scaling` = (mean, std), else 0 and 1;
+    `in_graph` recorded when given, as cmsdl writes it since the graph standardises its raw input)."""
+    mean, std = scaling or ([0.0] * len(features), [1.0] * len(features))
     preprocessing = {"kind": "tabular", "task": "classification", "feature_names": features, "class_names": classes,
-                     "mean": [0.0] * len(features), "std": [1.0] * len(features), "source": source or {}}
+                     "mean": mean, "std": std, "source": source or {}}
     if defaults is not None:
         preprocessing["defaults"] = defaults
+    if in_graph is not None:
+        preprocessing["in_graph"] = in_graph
     return {"version": "test", "task": "classification", "class_names": classes,
             "inputs": [{"name": "features", "shape": ["batch", len(features)], "dtype": "float32"}],
             "outputs": [{"name": "probabilities", "shape": ["batch", len(classes)], "dtype": "float32"}],
@@ -38,24 +43,30 @@ def image_contract(channels: int, size: int, classes: list[str]) -> dict[str, An
             "source": {"checkpoint": "toy"}}
 
 
-def softmax_graph(n_in: int, n_out: int, image: tuple[int, int] | None = None, seed: int = 0) -> onnx.GraphProto:
-    """input → (image: cast, global average pool, flatten) → MatMul → Add → Softmax → probabilities."""
+def softmax_graph(n_in: int, n_out: int, image: tuple[int, int] | None = None, seed: int = 0,
+                  scaling: tuple[list[float], list[float]] | None = None) -> onnx.GraphProto:
+    """input → (image: cast, global average pool, flatten; `scaling`: (x - mean) / std) → MatMul → Add → Softmax
+    → probabilities."""
     rng = np.random.default_rng(seed)
     weights = numpy_helper.from_array(rng.normal(size=(n_in, n_out)).astype(np.float32), "W")
     bias = numpy_helper.from_array(rng.normal(size=n_out).astype(np.float32), "b")
-    nodes, x = [], "features"
+    nodes, x, initializers = [], "features", [weights, bias]
+    if scaling:
+        initializers += [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in zip(("mean", "std"), scaling)]
+        nodes += [helper.make_node("Sub", ["features", "mean"], ["centred"]),
+                  helper.make_node("Div", ["centred", "std"], ["standardised"])]
     if image:
         x = "images"
         nodes += [helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
                   helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
                   helper.make_node("Flatten", ["pooled"], ["flat"])]
-    nodes += [helper.make_node("MatMul", ["flat" if image else x, "W"], ["logits0"]),
+    nodes += [helper.make_node("MatMul", ["flat" if image else "standardised" if scaling else x, "W"], ["logits0"]),
               helper.make_node("Add", ["logits0", "b"], ["logits"]),
               helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
     shape = ["batch", n_in, *image] if image else ["batch", n_in]
     inputs = [helper.make_tensor_value_info(x, TensorProto.UINT8 if image else TensorProto.FLOAT, shape)]
     outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n_out])]
-    return helper.make_graph(nodes, "toy", inputs, outputs, [weights, bias])
+    return helper.make_graph(nodes, "toy", inputs, outputs, initializers)
 
 
 def model_bytes(graph: onnx.GraphProto, contract: dict[str, Any]) -> bytes:

@@ -1,11 +1,13 @@
 """`cmsdl export ckpt=... out=model.onnx`: a trained checkpoint → an ONNX model that carries its own contract.
 
-The exported graph is the network plus its output activation (class probabilities, or the regression
-prediction), with a dynamic batch axis. The checkpoint's preprocessing goes into the ONNX metadata
-(see cmsdl.inference.metadata). Before the file appears, onnx.checker runs and onnxruntime's outputs are
-compared with PyTorch's at several batch sizes on real samples of the test split, which `cmsdl train` stores in
-the checkpoint (so the training data need not be readable); past the tolerance the export fails and writes
-nothing. Optional siblings: fp16 and dynamic-int8 models; `optimize` applies onnxruntime's offline graph
+The exported graph is the fitted numeric preprocessing (tabular: (x - mean) / std; image networks scale their uint8
+pixels themselves), the network and its output activation (class probabilities, or the regression prediction), with
+a dynamic batch axis: it takes raw features, so production code needs no preprocessing of its own. The checkpoint's
+preprocessing is also documented in the ONNX metadata, marked `in_graph` (see cmsdl.inference.metadata), with the
+record → feature builder that no graph can hold. Before the file appears, onnx.checker runs and onnxruntime's
+outputs on raw inputs are compared with PyTorch's network on the same inputs preprocessed by cmsdl's Python code,
+at several batch sizes, on real samples of the test split, which `cmsdl train` stores in the checkpoint (so the
+training data need not be readable); past the tolerance the export fails and writes nothing. Optional siblings: fp16 and dynamic-int8 models; `optimize` applies onnxruntime's offline graph
 optimisation. All files are written together at the end, or none.
 """
 
@@ -18,7 +20,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,9 @@ from cmsdl.callbacks import CHECKPOINT_KEY, PARITY_SAMPLES, split_samples
 from cmsdl.checkpoint import (checkpoint_task, load_checkpoint, parity_inputs, resolve_checkpoint, restore,
                               restore_model)
 from cmsdl.errors import CmsdlError, ConfigError
+from cmsdl.export import triton
+from cmsdl.export.graph import (InferenceGraph, ParityError, check_parity, graph_scaling, pytorch_reference,
+                                 raw_inputs)
 from cmsdl.inference.metadata import ModelContract, TensorSpec
 from cmsdl.io import write_files_atomic
 
@@ -44,36 +49,6 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-
-class ParityError(CmsdlError):
-    """onnxruntime and PyTorch disagree past the tolerance."""
-
-
-class InferenceGraph(nn.Module):
-    """The network with its output activation: what production code runs."""
-
-    def __init__(self, model: nn.Module, half: bool = False) -> None:
-        super().__init__()
-        self.model = model.half() if half else model
-        self.half = half
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x.half() if self.half and x.is_floating_point() else x)
-        probabilities = getattr(self.model, "probabilities", None)
-        out = probabilities(out) if callable(probabilities) else out
-        return (out.unsqueeze(1) if out.ndim == 1 else out).float()
-
-
-@dataclass
-class Parity:
-    """Largest absolute difference between onnxruntime and PyTorch outputs, per batch size."""
-
-    max_abs_diff: dict[int, float]
-
-    @property
-    def worst(self) -> float:
-        return max(self.max_abs_diff.values())
 
 
 def sample_inputs(datamodule: Any, n: int) -> torch.Tensor:
@@ -116,7 +91,7 @@ def build_contract(checkpoint: dict[str, Any], model: nn.Module, samples: torch.
                            str(samples.numpy().dtype))],
         outputs=[TensorSpec("probabilities" if task == "classification" else "prediction",
                             ["batch", int(n_out)], "float32")],
-        preprocessing=preprocessing,
+        preprocessing={**preprocessing, "in_graph": True},
         source={
             "checkpoint": str(ckpt_path),
             "run_dir": config.get("paths", {}).get("output_dir"),
@@ -149,26 +124,6 @@ def attach_metadata(model: onnx.ModelProto, contract: ModelContract) -> None:
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "cmsdl", cmsdl.__version__
     model.doc_string = f"cmsdl {contract.task} model; classes: {', '.join(contract.class_names)}"
-
-
-def onnx_outputs(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def check_parity(model_bytes: bytes, graph: nn.Module, samples: torch.Tensor,
-                 batch_sizes: tuple[int, ...] = (1, 7, PARITY_SAMPLES)) -> Parity:
-    """Max |onnxruntime - torch| over real samples, at each batch size (1, a prime, a large one)."""
-    diffs = {}
-    for size in batch_sizes:
-        batch = samples[: min(size, len(samples))]
-        with torch.no_grad():
-            expected = graph(batch).numpy()
-        got = onnx_outputs(model_bytes, batch.numpy())
-        if not np.isfinite(got).all():
-            raise ParityError(f"export: onnxruntime output has NaN or inf at batch size {len(batch)}")
-        diffs[len(batch)] = float(np.abs(got - expected).max())
-    return Parity(diffs)
 
 
 def optimize(model_bytes: bytes, level: str, contract: ModelContract) -> onnx.ModelProto:
@@ -208,6 +163,9 @@ def report_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.export.json")
 
 
+FORMATS = ("onnx", "triton")
+
+
 def check_options(cfg: DictConfig) -> Path:
     """The output path, once every option is known to be valid (before any work is done)."""
     out = Path(cfg.out)
@@ -219,7 +177,21 @@ def check_options(cfg: DictConfig) -> Path:
                           "are compared)")
     if cfg.optimize and cfg.optimize not in OPTIMIZATION_LEVELS:
         raise ConfigError(f"optimize: got {cfg.optimize!r}, expected one of {', '.join(OPTIMIZATION_LEVELS)} or null")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format: got {cfg.format!r}, expected one of {', '.join(FORMATS)}")
     return out
+
+
+def triton_target(cfg: DictConfig, out: Path) -> tuple[triton.RepositoryModel, triton.TritonSettings] | None:
+    """format=triton: the repository entry (name: `name`, else the stem of `out`) and its settings, checked."""
+    if cfg.format != "triton":
+        return None
+    for option in ("quantize", "fp16"):
+        if cfg[option]:
+            raise ConfigError(f"{option}=true: a Triton model version holds one model file; export the "
+                              f"{'int8' if option == 'quantize' else 'fp16'} sibling with format=onnx")
+    settings = triton.triton_settings(OmegaConf.to_container(cfg.triton))
+    return triton.repository_model(cfg.repo, cfg.name or out.stem), settings
 
 
 def step(what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -233,47 +205,72 @@ def step(what: str, fn: Callable[..., Any], *args: Any) -> Any:
         raise CmsdlError(f"export: {what} failed ({type(err).__name__}: {first_line}); nothing written") from None
 
 
+def written(where: str, write: Callable[..., Any], *args: Any) -> Any:
+    """Run a writer; a file-system failure (permissions, a full disk) becomes one line (the writers leave nothing
+    behind)."""
+    try:
+        return write(*args)
+    except OSError as err:
+        raise CmsdlError(f"export: cannot write {err.filename or where} ({err.strerror or err}); nothing written") \
+            from None
+
+
 def export(cfg: DictConfig) -> dict[str, Any]:
-    """Export cfg.ckpt to cfg.out after the parity check; returns the export report (also written as JSON).
+    """Export cfg.ckpt to cfg.out (format=triton: a new version in cfg.repo) after the parity check; returns the
+    export report (also written as JSON).
 
     All-or-nothing: every model and the report are built and checked in memory first, then written under
     temporary names and renamed together, the main model last.
     """
     out = check_options(cfg)
+    target = triton_target(cfg, out)
     ckpt = resolve_checkpoint(cfg.ckpt)
     checkpoint = load_checkpoint(ckpt)
     model, samples = model_and_samples(checkpoint, ckpt, cfg)
-    graph = InferenceGraph(model).eval()
     contract = build_contract(checkpoint, model, samples, str(ckpt))
-    fp32 = step(f"ONNX conversion (opset={cfg.opset})", to_onnx, graph, samples[:2], contract, cfg.opset)
+    graph = InferenceGraph(model, scaling=graph_scaling(contract.preprocessing)).eval()
+    raw = raw_inputs(samples, contract.preprocessing)
+    reference = pytorch_reference(model, contract.preprocessing)
+    fp32 = step(f"ONNX conversion (opset={cfg.opset})", to_onnx, graph, torch.from_numpy(raw[:2]), contract,
+                cfg.opset)
     fp32_bytes = fp32.SerializeToString()
     main_model = fp32
     if cfg.optimize:
         main_model = step(f"optimize={cfg.optimize}", optimize, fp32_bytes, cfg.optimize, contract)
     model_bytes = main_model.SerializeToString()
-    parity = step("the parity check", check_parity, model_bytes, graph, samples)
+    parity = step("the parity check", check_parity, model_bytes, reference, raw)
+    where = f"{target[0].directory}/<next version>" if target else str(out)
     if parity.worst > cfg.parity.atol:
         raise ParityError(f"export: onnxruntime differs from PyTorch by {parity.worst:.3g} (max abs, per batch size "
-                          f"{parity.max_abs_diff}), above parity.atol={cfg.parity.atol}; {out} not written")
-    files: dict[Path, bytes] = {}
+                          f"{parity.max_abs_diff}), above parity.atol={cfg.parity.atol}; {where} not written")
     report = {"model": str(out), "opset": cfg.opset, "optimize": cfg.optimize, "contract": contract.to_dict(),
               "parity": {"atol": cfg.parity.atol, "samples": len(samples), "max_abs_diff": parity.max_abs_diff}}
-    if cfg.quantize:
-        path = sibling(out, "int8")
-        files[path], report["int8"] = export_int8(fp32_bytes, graph, samples, contract, cfg.optimize, path)
-    if cfg.fp16:
-        path = sibling(out, "fp16")
-        files[path], report["fp16"] = export_fp16(model, samples, contract, cfg.opset, path)
-    report_json = json.dumps(report | {"config": OmegaConf.to_container(cfg)}, indent=2) + "\n"
-    files[report_path(out)] = report_json.encode()
-    files[out] = model_bytes
-    write_files_atomic(files)
-    log.info("exported %s: parity max abs diff %.2e over %d samples", out, parity.worst, len(samples))
+    config = OmegaConf.to_container(cfg)
+
+    def report_json(content: dict[str, Any]) -> bytes:
+        return (json.dumps(content | {"config": config}, indent=2) + "\n").encode()
+
+    if target:
+        repository_model, settings = target
+        report = written(where, triton.write_repository_version, repository_model, contract, settings, model_bytes,
+                         report, report_json)
+    else:
+        files: dict[Path, bytes] = {}
+        if cfg.quantize:
+            path = sibling(out, "int8")
+            files[path], report["int8"] = export_int8(fp32_bytes, reference, raw, contract, cfg.optimize, path)
+        if cfg.fp16:
+            path = sibling(out, "fp16")
+            files[path], report["fp16"] = export_fp16(model, contract, raw, reference, cfg.opset, path)
+        files[report_path(out)] = report_json(report)
+        files[out] = model_bytes
+        written(where, write_files_atomic, files)
+    log.info("exported %s: parity max abs diff %.2e over %d samples", report["model"], parity.worst, len(samples))
     return report
 
 
-def export_int8(fp32_bytes: bytes, graph: nn.Module, samples: torch.Tensor, contract: ModelContract,
-                level: str | None, path: Path) -> tuple[bytes, dict[str, Any]]:
+def export_int8(fp32_bytes: bytes, reference: Callable[[np.ndarray], np.ndarray], raw: np.ndarray,
+                contract: ModelContract, level: str | None, path: Path) -> tuple[bytes, dict[str, Any]]:
     """Dynamic int8 sibling (quantised from the fp32 graph, then optimised at the same level as the main model);
     its parity is reported, not enforced (quantisation changes outputs by design)."""
     quantized = step("quantize=true (dynamic int8)", quantize_int8, fp32_bytes, contract)
@@ -281,19 +278,21 @@ def export_int8(fp32_bytes: bytes, graph: nn.Module, samples: torch.Tensor, cont
         quantized = step(f"optimize={level} of the int8 model", optimize, quantized.SerializeToString(), level,
                          contract)
     model_bytes = quantized.SerializeToString()
-    parity = step("the int8 parity check", check_parity, model_bytes, graph, samples)
+    parity = step("the int8 parity check", check_parity, model_bytes, reference, raw)
     log.info("int8 model %s: max abs diff to PyTorch fp32 %.3g", path, parity.worst)
     return model_bytes, {"model": str(path), "max_abs_diff": parity.max_abs_diff}
 
 
-def export_fp16(model: nn.Module, samples: torch.Tensor, contract: ModelContract, opset: int,
-                path: Path) -> tuple[bytes, dict[str, Any]]:
-    """Half-precision weights and arithmetic (fp32 input and output) for GPUs; parity checked where it runs."""
+def export_fp16(model: nn.Module, contract: ModelContract, raw: np.ndarray,
+                reference: Callable[[np.ndarray], np.ndarray], opset: int, path: Path) -> tuple[bytes, dict[str, Any]]:
+    """Half-precision weights and arithmetic (fp32 input, scaling and output) for GPUs; parity checked where it
+    runs."""
     fp16_contract = replace(contract, source={**contract.source, "precision": "float16"})
-    half_graph = InferenceGraph(copy.deepcopy(model), half=True).eval()
-    model_bytes = step("fp16=true", to_onnx, half_graph, samples[:2], fp16_contract, opset).SerializeToString()
+    half_graph = InferenceGraph(copy.deepcopy(model), half=True, scaling=graph_scaling(contract.preprocessing)).eval()
+    model_bytes = step("fp16=true", to_onnx, half_graph, torch.from_numpy(raw[:2]), fp16_contract,
+                       opset).SerializeToString()
     try:
-        parity = check_parity(model_bytes, InferenceGraph(model).eval(), samples)
+        parity = check_parity(model_bytes, reference, raw)
         result = {"model": str(path), "max_abs_diff": parity.max_abs_diff}
     except Exception as err:  # onnxruntime's CPU provider lacks some fp16 kernels
         result = {"model": str(path), "max_abs_diff": None, "note": f"not checked on CPU: {err}".splitlines()[0]}

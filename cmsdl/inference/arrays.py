@@ -108,6 +108,13 @@ def checked_float(table: np.ndarray, where: str) -> np.ndarray:
     return table
 
 
+def standardize(raw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(raw - mean) / std`` in float32: the tabular scaling as cmsdl computes it outside a graph (the export parity
+    check's reference, and the predictor's for models exported before the scaling moved into the graph)."""
+    mean32, std32 = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    return ((np.asarray(raw, dtype=np.float32) - mean32) / std32).astype(np.float32)
+
+
 def tensor_from_json(nested: Any, dtype: str, where: str = "inputs") -> np.ndarray:
     """A nested list of numbers (a model-ready tensor) as an array of `dtype`; integers must fit an integer dtype."""
     array = numeric_array(nested)

@@ -16,10 +16,16 @@ key                               value
 ``cmsdl.source``                  JSON object: checkpoint, run directory and experiment it was exported from
 ================================  =============================================================================
 
-``cmsdl.preprocessing`` has ``"kind"``: ``"tabular"`` (``feature_names``, ``mean``, ``std``: the model input is
-``(raw_features - mean) / std`` in ``feature_names`` order; ``source``: the fitted record → raw-feature builder;
-optional ``defaults``: ``{feature: value}`` for the features a row may leave out, e.g. exit-code counts that are 0)
-or ``"image"`` (image size, channel names, value scaling).
+``cmsdl.preprocessing`` has ``"kind"``: ``"tabular"`` (``feature_names``, ``mean``, ``std``: the network sees
+``(raw_features - mean) / std`` in ``feature_names`` order; ``source``: the fitted record → raw-feature builder,
+with any ``log1p`` it applies; optional ``defaults``: ``{feature: value}`` for the features a row may leave out,
+e.g. exit-code counts that are 0) or ``"image"`` (image size, channel names, value scaling).
+
+``"in_graph": true`` (written since cmsdl put the numeric preprocessing into the graph) says that the graph itself
+applies the numeric preprocessing documented here: a tabular model's input is the raw feature rows (the graph
+computes ``(x - mean) / std``), an image model's input the raw uint8 pixels (the graph scales them). Absent or
+false (files exported before): a tabular input must be standardised by its user. Building features from records
+cannot live in a graph and stays the user's (``source``), e.g. cmsdl.inference.Predictor.predict_records.
 
 ``ModelContract.from_metadata`` checks every key (types, known dtypes, non-empty inputs and classes, the input width
 against ``feature_names``, the output width against ``class_names``) and raises ContractError naming the key;
@@ -67,6 +73,11 @@ class ModelContract:
     @property
     def input(self) -> TensorSpec:
         return self.inputs[0]
+
+    @property
+    def preprocessing_in_graph(self) -> bool:
+        """The graph applies the numeric preprocessing itself: it takes raw features (or raw pixels)."""
+        return self.preprocessing.get("in_graph") is True
 
     def to_metadata(self) -> dict[str, str]:
         """The ONNX metadata_props entries for this contract."""
@@ -166,6 +177,9 @@ def check_preprocessing(pre: Any, spec: TensorSpec, where: str) -> None:
     kind = pre.get("kind", "tabular")
     if kind not in KINDS:
         raise ContractError(f"{at}.kind is {kind!r}, expected one of {', '.join(KINDS)}")
+    if not isinstance(pre.get("in_graph", False), bool):
+        raise ContractError(f"{at}.in_graph must be true or false (whether the graph applies the preprocessing), "
+                            f"got {json.dumps(pre['in_graph'])[:80]}")
     if kind == "image":
         if len(spec.shape) != 4 or not isinstance(pre.get("image", {}), dict):
             raise ContractError(f"{at}: an image model takes [batch, channels, height, width] with an 'image' "

@@ -25,7 +25,7 @@ from cmsdl.features.popularity.source import features_from_records as popularity
 from cmsdl.features.root_table.read import features_from_records as root_table_records
 from cmsdl.features.transfers.source import features_from_records as transfer_records
 from cmsdl.features.workflows.source import features_from_records as workflow_records
-from cmsdl.inference.arrays import InputError, feature_table, load_npy
+from cmsdl.inference.arrays import InputError, feature_table, load_npy, standardize
 from cmsdl.inference.metadata import ContractError, ModelContract
 
 __all__ = ["InputError", "Prediction", "Predictor", "load_npy"]
@@ -109,7 +109,8 @@ class Predictor:
         return self.preprocessing.get("kind", "tabular")
 
     def run(self, inputs: np.ndarray) -> Prediction:
-        """Run on model-ready input (already preprocessed), checking its shape and dtype first."""
+        """Run on the graph's input, checking its shape and dtype first: raw features (raw uint8 pixels) when the
+        graph applies the preprocessing (``contract.preprocessing_in_graph``), else standardised features."""
         self._check_input(inputs)
         outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(inputs)})[0]
         broken = ~np.isfinite(outputs).reshape(len(outputs), -1).all(axis=1)
@@ -148,13 +149,16 @@ class Predictor:
             raise InputError(f"input '{spec.name}': contains NaN or infinite values")
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
-        """Tabular: (raw - mean) / std with the training split's statistics, as float32."""
-        mean = np.asarray(self.preprocessing["mean"], dtype=np.float32)
-        std = np.asarray(self.preprocessing["std"], dtype=np.float32)
-        raw = np.asarray(raw, dtype=np.float32)
-        if raw.ndim != 2 or raw.shape[1] != len(mean):
-            raise InputError(f"raw features of shape {list(raw.shape)}, expected [rows, {len(mean)}]")
-        return ((raw - mean) / std).astype(np.float32)
+        """Tabular raw features → the graph's float32 input. The one place where the predictor scales: only for
+        files exported before the graph took raw features (no ``in_graph`` in their preprocessing), with
+        (raw - mean) / std and the training split's statistics; a graph with the scaling inside gets raw values."""
+        width = len(self.preprocessing["feature_names"])
+        raw = np.asarray(raw)
+        if raw.ndim != 2 or raw.shape[1] != width:
+            raise InputError(f"raw features of shape {list(raw.shape)}, expected [rows, {width}]")
+        if self.contract.preprocessing_in_graph:
+            return raw.astype(np.float32)
+        return standardize(raw, self.preprocessing["mean"], self.preprocessing["std"])
 
     def predict_rows(self, rows: Sequence[Mapping[str, float] | Sequence[float]] | np.ndarray) -> Prediction:
         """Tabular: raw feature values, as dicts by feature name or lists in feature order. A dict must name every
