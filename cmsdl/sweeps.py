@@ -46,6 +46,11 @@ def error_line(error: BaseException) -> str:
 class SweepSummary(Callback):
     """Keeps a sweep going past a failed point and writes <sweep dir>/summary.csv at its end."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Register hydra/launcher=k8s before the sweeper builds its launcher: Hydra's plugin scan misses the
+        plugins of an editable install, and `cmsdl train` imports its training code only inside the job."""
+        import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_multirun(config):  # a point run again (resume=true) starts without its earlier error
             (Path(str(config.hydra.runtime.output_dir)) / ERROR_FILE).unlink(missing_ok=True)
@@ -53,13 +58,7 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or not is_multirun(config):
             return
-        error = job_return._return_value  # reading .return_value would raise it
-        point_dir = Path(str(config.hydra.runtime.output_dir))
-        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        write_json(point_dir / ERROR_FILE, {"error": error_line(error), "traceback": trace})
-        log.error("sweep point %s failed: %s (traceback in %s)", point_dir.name, error_line(error),
-                  point_dir / ERROR_FILE)
-        job_return.status, job_return.return_value = JobStatus.COMPLETED, math.nan
+        record_failure(job_return, Path(str(config.hydra.runtime.output_dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -68,11 +67,22 @@ class SweepSummary(Callback):
             return
         print(format_table(rows), flush=True)
         print(f"sweep summary: {sweep_dir / SUMMARY_FILE}", flush=True)
-        failed = [row["point"] for row in rows if row["status"] == "failed"]
+        failed = [row for row in rows if row["status"] == "failed"]
         if failed:
-            print(f"error: {len(failed)} of {len(rows)} sweep points failed ({', '.join(failed)}); see "
+            first = f"{failed[0]['point']}: {failed[0]['error']}"
+            print(f"error: {len(failed)} of {len(rows)} sweep points failed (point {first}); see "
                   f"{sweep_dir / SUMMARY_FILE}; the same command with resume=true runs them again", file=sys.stderr)
             raise SystemExit(1)
+
+
+def record_failure(job_return: JobReturn, point_dir: Path) -> None:
+    """Note a failed point's error in <point dir>/error.json and hand the sweeper a NaN result instead, so that the
+    sweep goes on (an Optuna trial that returns NaN is marked failed)."""
+    error = job_return._return_value  # reading .return_value would raise it
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    write_json(point_dir / ERROR_FILE, {"error": error_line(error), "traceback": trace})
+    log.error("sweep point %s failed: %s (traceback in %s)", point_dir.name, error_line(error), point_dir / ERROR_FILE)
+    job_return.status, job_return.return_value = JobStatus.COMPLETED, math.nan
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

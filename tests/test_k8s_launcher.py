@@ -4,6 +4,7 @@ anything is submitted."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -110,6 +111,11 @@ def test_sweep_submits_one_job_per_point_waits_and_collects_metrics(tmp_path: Pa
     assert collected[1]["best_checkpoint"].endswith("sweep1-1/checkpoints/epoch_002.ckpt")
     assert all(c["succeeded"] for c in collected)
     assert (sweep_dir / "1" / "manifests.yaml").is_file()
+    with (sweep_dir / "summary.csv").open(newline="") as handle:
+        summary = list(csv.DictReader(handle))
+    assert [(r["status"], r["best_epoch"], r["test/auroc"]) for r in summary] == [("finished", "2", "0.801"),
+                                                                                 ("finished", "2", "0.8003")]
+    assert "model.optimizer.lr=0.0003" in summary[1]["overrides"].split()
 
 
 def test_a_typo_in_a_sweep_fails_before_submitting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,6 +136,8 @@ def test_a_failed_point_fails_the_sweep_and_is_recorded(tmp_path: Path, monkeypa
     assert proc.returncode != 0 and "did not succeed: Failed" in proc.stderr
     recorded = json.loads((tmp_path / "logs" / "train" / "multiruns" / "bad" / "0" / "metrics.json").read_text())
     assert recorded["succeeded"] is False and recorded["conditions"] == ["Failed"]
+    summary = (tmp_path / "logs" / "train" / "multiruns" / "bad" / "summary.csv").read_text().splitlines()
+    assert summary[1].startswith("0,failed,model.optimizer.lr=0.001") and "did not succeed: Failed" in summary[1]
 
 
 def test_a_pod_log_without_the_line_is_recorded_without_metrics(tmp_path: Path,

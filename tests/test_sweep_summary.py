@@ -93,8 +93,11 @@ def test_sweep_with_a_failing_point_writes_its_summary_and_resume_skips_finished
     first = run_cmsdl(*args, cwd=tmp_path, check=False)
     assert first.returncode == 1 and "1 of 3 sweep points failed" in first.stderr and "Traceback" not in first.stderr
     [sweep] = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
-    assert [line.split()[1] for line in first.stdout.splitlines() if line[:2] in ("0 ", "1 ", "2 ")] == [
-        "finished", "failed", "finished"]
+    lines = first.stdout.splitlines()
+    table = lines[[i for i, line in enumerate(lines) if line.startswith("point  status")][-1]:][:4]
+    assert [line.split()[:3] for line in table[1:]] == [["0", "finished", "model.optimizer.lr=0.001"],
+                                                       ["1", "failed", "model.optimizer.lr=-1"],
+                                                       ["2", "finished", "model.optimizer.lr=0.01"]]
     # as a kill during point 2 leaves it: a last.ckpt, no metrics.json, no summary
     (sweep / "2" / "metrics.json").unlink()
     (sweep / "summary.csv").unlink()

@@ -1,7 +1,8 @@
 """K8sLauncher: submits one job per sweep point (labelled with the sweep id), optionally waits and collects metrics.
 
 Found by Hydra in the `hydra_plugins` namespace package; configured by configs/hydra/launcher/k8s.yaml.
-Each point's manifests and, with wait=true, its metrics land in <sweep dir>/<job number>/.
+Each point's manifests, point.json (overrides, job) and, with wait=true, its metrics land in
+<sweep dir>/<job number>/, from which the sweep's summary.csv is written (cmsdl.sweeps).
 The Kubernetes client is imported only when a sweep is launched: `cmsdl train` imports this module to register it.
 
 Metrics come from the metrics.json that `cmsdl train` writes in the pod's run directory. That directory is on the
@@ -28,6 +29,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cmsdl.io import atomic_write, write_json
+from cmsdl.sweeps import POINT_FILE, record_failure
 
 log = logging.getLogger(__name__)
 METRICS_JSON_KEY = "cmsdl_metrics_json"  # the line: {"cmsdl_metrics_json": <path in the pod>, "contents": {...}}
@@ -116,6 +118,7 @@ class K8sLauncher(Launcher):
         for idx, name, overrides, sweep_config, manifests in points:
             with atomic_write(sweep_dir / str(idx) / "manifests.yaml") as handle:
                 handle.write(to_yaml(manifests))
+            write_json(sweep_dir / str(idx) / POINT_FILE, {"overrides": overrides, "job": name})  # summary.csv
             cluster.create(manifests)
             log.info("#%d: %s submitted as %s", idx, " ".join(overrides), name)
             submitted.append((idx, name, overrides, sweep_config))
@@ -160,6 +163,7 @@ class K8sLauncher(Launcher):
             result.status = JobStatus.FAILED
             result.return_value = K8sError(f"job {name!r} ({' '.join(overrides)}) did not succeed: "
                                            f"{', '.join(state['conditions'])}; see `cmsdl k8s logs k8s.name={name}`")
+            record_failure(result, sweep_dir / str(idx))  # a row of summary.csv; the sweep goes on
             return result
         monitor = OmegaConf.select(sweep_config, "optimized_metric")
         result.status, result.return_value = JobStatus.COMPLETED, metrics.get(monitor) if monitor else None
