@@ -17,7 +17,8 @@ from cmsdl.errors import ConfigError
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[\w\-./]+|'[^']*'|\"[^\"]*\"):(?P<value>\s.*|)$")
 PACKAGE_LINE = re.compile(r"^#\s*@package\s+(\S+)")
 BLOCK_SCALAR = re.compile(r"^\s*[|>][-+0-9]*\s*(#.*)?$")
-FLAGS_HELP = "--help: this text | --cfg job [--resolve]: the composed config | -m: sweep | --hydra-help: Hydra's options"
+FLAGS_HELP = ("--help: this text | --cfg job [--resolve]: the composed config | -m: sweep | "
+              "--hydra-help: Hydra's options")
 
 
 @dataclass
@@ -137,12 +138,11 @@ def groups_text(groups: dict[str, str | None], options: dict[str, list[str]]) ->
 
 def config_comments(config_root: Path, config_name: str, groups: dict[str, str | None]) -> dict[str, Comment]:
     """The comments of the command's config file and of each chosen group file, later files winning."""
-    comments: dict[str, Comment] = {}
-    primary = config_root / f"{config_name}.yaml"
-    comments.update(key_comments(primary.read_text(), file_package(primary.read_text(), "")))
+    primary = (config_root / f"{config_name}.yaml").read_text()
+    comments = key_comments(primary, file_package(primary, ""))
     for group, choice in groups.items():
         path = config_root / group / f"{choice}.yaml"
-        if not choice or not path.is_file():
+        if choice is None or not path.is_file():
             continue
         text = path.read_text()
         package = file_package(text, group)

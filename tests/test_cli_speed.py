@@ -18,7 +18,6 @@ from hydra.core.global_hydra import GlobalHydra
 from cmsdl import cli
 from cmsdl.config_help import Comment, annotate, hydra_error_line, key_comments
 
-REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning", "onnxruntime", "sklearn",
          "matplotlib", "kubernetes")
 
@@ -92,7 +91,8 @@ def test_a_wrong_override_in_help_is_one_error_line(capsys: pytest.CaptureFixtur
 
 
 def test_hydra_error_line_keeps_the_first_paragraph_and_the_options() -> None:
-    message = "In 'train': Could not find 'model/x'\n\nAvailable options in 'model':\n\tmlp\n\tdeepsets\nConfig search path:\n\tprovider=main"
+    message = ("In 'train': Could not find 'model/x'\n\nAvailable options in 'model':\n\tmlp\n\tdeepsets\n"
+               "Config search path:\n\tprovider=main")
     assert hydra_error_line(message) == "In 'train': Could not find 'model/x' (options: mlp, deepsets)"
 
 

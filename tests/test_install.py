@@ -33,7 +33,8 @@ def package_directories() -> set[str]:
     config group below it (shipped as cmsdl.configs.<group>)."""
     python = {".".join(p.parent.relative_to(REPO).parts) for root in ("cmsdl", "hydra_plugins")
               for p in (REPO / root).rglob("__init__.py")}
-    configs = {".".join(("cmsdl", *d.relative_to(REPO).parts)) for d in [REPO / "configs", *(REPO / "configs").rglob("*")]
+    config_dirs = [REPO / "configs", *(REPO / "configs").rglob("*")]
+    configs = {".".join(("cmsdl", *d.relative_to(REPO).parts)) for d in config_dirs
                if d.is_dir() and any(d.glob("*.yaml"))}
     return python | configs
 
