@@ -43,6 +43,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
 COMMAND_EXTRAS: dict[str, str] = {"train": "train", "eval": "train", "export": "train", "popularity": "train",
                                   "cluster-workflows": "tools", "cache-sim": "tools", "k8s": "k8s"}
 HELP_FLAGS = ("-h", "--help")
+CONFIG_ONLY_FLAGS = ("-c", "--cfg", "-i", "--info", "--hydra-help")  # Hydra prints and runs nothing: no extra needed
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 COMPLETING_COMMAND = "predict"  # any command's Hydra app prints the completion script; this one needs no extra
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if any(flag in rest for flag in HELP_FLAGS):
         return print_command_help(name, rest)
-    problem = missing_extra(name)
+    problem = None if any(flag in rest for flag in CONFIG_ONLY_FLAGS) else missing_extra(name)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -117,6 +117,8 @@ def test_a_missing_extra_is_named_with_its_pip_install(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err == "error: cmsdl train needs the training extra: pip install 'cmsdl[train]' (torch not installed)\n"
     assert cli.missing_extra("predict") is None and cli.missing_extra("serve") is None
+    assert cli.main(["train", "--cfg", "job"]) == 0, "printing the config needs no extra"
+    assert "seed: 12345" in capsys.readouterr().out
 
 
 @pytest.mark.slow
