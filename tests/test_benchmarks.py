@@ -14,14 +14,17 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_train_overhead_benchmark_compares_both_loops(tmp_path: Path) -> None:
+def test_train_overhead_benchmark_compares_three_sides_for_both_workloads(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train_overhead.py"), "--workflows", "400",
-                           "--epochs", "1", "--json", str(out), "callbacks.progress_bar.refresh_rate=0"],
+                           "--epochs", "1", "--resnet-images", "40", "--resnet-batch", "8", "--image-size", "32",
+                           "--resnet-epochs", "1", "--json", str(out), "callbacks.progress_bar.refresh_rate=0"],
                           capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert "ratio cmsdl/raw samples/s" in proc.stdout
-    figures = json.loads(out.read_text())
-    assert figures["raw_samples_per_s"] > 0 and figures["cmsdl_samples_per_s"] > 0
+    assert [line.split('"')[3] for line in proc.stdout.splitlines() if line.startswith("BENCH ")] == [
+        "train overhead: MLP, cmsdl vs bare Lightning", "train overhead: ResNet34 step, cmsdl vs raw PyTorch"]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["MLP 5x75", "ResNet34 step"]
+    assert all(r[f"{side}_per_s"] > 0 for r in rows for side in ("raw", "bare", "cmsdl"))
 
 
 def test_inference_benchmark_runs_both_runtimes(tmp_path: Path) -> None:
