@@ -1,7 +1,7 @@
 """Sweep summaries: every `-m` sweep writes <sweep dir>/summary.csv (one row per point) and prints it as a table.
 
 `SweepSummary` is a Hydra callback (configs/hydra/default.yaml): a point that fails is recorded in its directory
-(error.json) and handed to the sweeper as a NaN result, so that the other points still run; at the end of the sweep
+(error.json) and handed to the sweeper as a completed job, so that the other points still run; at the end of the sweep
 the points are read back from their directories, whichever launcher ran them. Imports no torch or Lightning.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import re
 import sys
 import traceback
@@ -51,6 +50,8 @@ class SweepSummary(Callback):
         plugins of an editable install, and `cmsdl train` imports its training code only inside the job."""
         import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401
 
+        refuse_resuming_a_study_without_storage(config)
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_multirun(config):  # a point run again (resume=true) starts without its earlier error
             (Path(str(config.hydra.runtime.output_dir)) / ERROR_FILE).unlink(missing_ok=True)
@@ -75,14 +76,27 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
+def refuse_resuming_a_study_without_storage(config: DictConfig) -> None:
+    """resume=true of an Optuna search whose study is kept in memory only: its trials would be asked anew and land
+    in the numbered directories of other trials, so the search is refused with one line."""
+    from cmsdl.runs import is_true
+
+    sweeper = config.hydra.get("sweeper") or {}
+    if is_true(config.get("resume")) and "optuna" in str(sweeper.get("_target_", "")) and not sweeper.get("storage"):
+        print("error: resume=true: this Optuna search keeps its study in memory (hydra.sweeper.storage is null), so "
+              "it cannot be continued; start a new search without resume=true", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def record_failure(job_return: JobReturn, point_dir: Path) -> None:
-    """Note a failed point's error in <point dir>/error.json and hand the sweeper a NaN result instead, so that the
-    sweep goes on (an Optuna trial that returns NaN is marked failed)."""
+    """Note a failed point's error in <point dir>/error.json and hand the sweeper the error line as the point's
+    result, so that the sweep goes on (the Optuna sweeper marks a trial whose result is not a number as failed and
+    goes on while failures stay within its max_failure_rate)."""
     error = job_return._return_value  # reading .return_value would raise it
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     write_json(point_dir / ERROR_FILE, {"error": error_line(error), "traceback": trace})
     log.error("sweep point %s failed: %s (traceback in %s)", point_dir.name, error_line(error), point_dir / ERROR_FILE)
-    job_return.status, job_return.return_value = JobStatus.COMPLETED, math.nan
+    job_return.status, job_return.return_value = JobStatus.COMPLETED, error_line(error)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
