@@ -17,8 +17,8 @@ import pytest
 import uproot
 from PIL import Image
 
-from cmsdl.features.images.convert import event_slices
-from cmsdl.features.images.units import safe_name
+from cmsdl.features.images.convert import consecutive_runs, event_slices
+from cmsdl.features.images.units import RenderUnit, safe_name
 from cmsdl.features.images.write import ImageWriter
 from cmsdl.features.images.png import MODES, decode_png, encode_png, encode_pngs
 from cmsdl.features.images.read import HitChunk
@@ -326,3 +326,14 @@ def test_image_writer_writes_the_encoders_bytes_and_leaves_no_temporaries(tmp_pa
         with ImageWriter(tmp_path, 1, threads) as writer:
             writer.submit(images[:2], ["ok.png", "taken.png"])
     assert not list(tmp_path.rglob("*.tmp")) and (tmp_path / "ok.png").read_bytes() == encode_png(images[0], 1)
+
+
+def test_consecutive_units_of_a_tree_are_read_together_but_every_worker_gets_work() -> None:
+    def unit(file: str, start: int) -> RenderUnit:
+        return RenderUnit(file, "events", start, start + 10, file, None, f"{file}{start}")
+
+    units = [unit("a", 0), unit("a", 10), unit("a", 20), unit("a", 40), unit("b", 0), unit("b", 10)]
+    runs = {w: [[f"{u.file}{u.start}" for u in run] for run in consecutive_runs(units, w)] for w in (1, 2, 4)}
+    assert runs[1] == [["a0", "a10", "a20"], ["a40"], ["b0", "b10"]]  # a30 is done already: a40 starts a new run
+    assert runs[2] == [["a0", "a10", "a20"], ["a40"], ["b0", "b10"]]
+    assert runs[4] == [["a0", "a10"], ["a20"], ["a40"], ["b0", "b10"]]

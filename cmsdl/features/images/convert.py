@@ -53,11 +53,25 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _parent_pid: int | None = None  # set in worker processes only, by _die_with_parent
 
 
+def convert_run(run: Sequence[RenderUnit], settings: Settings) -> list[Outcome]:
+    """Convert consecutive units of one tree with one read (uproot decompresses a basket that spans several units
+    once); a unit that fails is reported, and the units after it are converted one by one."""
+    if len(run) > 1:
+        done: list[Outcome] = []
+        try:
+            for unit, n_events in zip(run, _convert(run, settings)):
+                done.append(Outcome(unit, n_events=n_events))
+        except Exception:
+            return done + [convert_unit(unit, settings) for unit in run[len(done):]]
+        return done
+    return [convert_unit(unit, settings) for unit in run]
+
+
 def convert_unit(unit: RenderUnit, settings: Settings) -> Outcome:
     """Render and write the images of one unit, then its manifest part; errors come back as text (and are recorded
     in out/.parts for the merge of a sharded run)."""
     try:
-        return Outcome(unit, n_events=_convert(unit, settings))
+        return Outcome(unit, n_events=sum(_convert([unit], settings)))
     except CmsdlError as err:
         error = str(err)
     except Exception as err:
@@ -71,24 +85,41 @@ def convert_unit(unit: RenderUnit, settings: Settings) -> Outcome:
     return Outcome(unit, error=error)
 
 
-def _convert(unit: RenderUnit, settings: Settings) -> int:
+def _convert(run: Sequence[RenderUnit], settings: Settings) -> Iterator[int]:
+    """Render and write the units of `run` (consecutive, one tree; in flat mode one unit), yielding each one's number
+    of images once its images and its part are written. Chunks start at unit boundaries (both step by step_size)."""
     out = Path(settings.out)
-    rows = []
-    where = f"{unit.file}: tree {unit.tree!r}"
+    first, last = run[0], run[-1]
+    where = f"{first.file}: tree {first.tree!r}"
+    chunks = iterate_chunks(first.file, first.tree, settings.mapping, settings.step_size, first.start, last.stop,
+                            settings.timeout_s, settings.retries)
     with ImageWriter(out, settings.compress_level, settings.threads) as writer:
-        for chunk in iterate_chunks(unit.file, unit.tree, settings.mapping, settings.step_size, unit.start, unit.stop,
-                                    settings.timeout_s, settings.retries):
-            classes = (settings.labels.names(chunk.labels, where) if chunk.labels is not None
-                       else np.full(chunk.n_events, unit.label, dtype=object))
-            folders = {c: safe_name(str(c)) for c in dict.fromkeys(classes.tolist())}
-            paths = [f"{folders[c]}/{unit.base}_{int(entry):07d}.png" for c, entry in zip(classes, chunk.entries)]
-            for start, part in event_slices(chunk, RENDER_SLICE):
-                _exit_if_orphaned()
-                writer.submit(render_chunk(part, settings.spec), paths[start:start + part.n_events])
-            rows += [(p, c, unit.file, unit.tree, int(e), int(n))
-                     for p, c, e, n in zip(paths, classes, chunk.entries, chunk.counts())]
+        rows: list[tuple] = []
+        units = iter(run)
+        unit = next(units)
+        for chunk in chunks:
+            if unit is not last and chunk.n_events and int(chunk.entries[0]) >= (unit.stop or 0):
+                writer.flush()
+                write_part(out, unit, rows)
+                yield len(rows)
+                rows, unit = [], next(units)
+            rows += _convert_chunk(chunk, unit, settings, writer, where)
     write_part(out, unit, rows)
-    return len(rows)
+    yield len(rows)
+
+
+def _convert_chunk(chunk: HitChunk, unit: RenderUnit, settings: Settings, writer: ImageWriter,
+                   where: str) -> list[tuple]:
+    """Render a chunk slice by slice, handing each slice to the writer; returns the chunk's manifest rows."""
+    classes = (settings.labels.names(chunk.labels, where) if chunk.labels is not None
+               else np.full(chunk.n_events, unit.label, dtype=object))
+    folders = {c: safe_name(str(c)) for c in dict.fromkeys(classes.tolist())}
+    paths = [f"{folders[c]}/{unit.base}_{int(entry):07d}.png" for c, entry in zip(classes, chunk.entries)]
+    for start, part in event_slices(chunk, RENDER_SLICE):
+        _exit_if_orphaned()
+        writer.submit(render_chunk(part, settings.spec), paths[start:start + part.n_events])
+    return [(p, c, unit.file, unit.tree, int(e), int(n)) for p, c, e, n in zip(paths, classes, chunk.entries,
+                                                                             chunk.counts())]
 
 
 def event_slices(chunk: HitChunk, size: int) -> Iterator[tuple[int, HitChunk]]:
@@ -103,28 +134,44 @@ def event_slices(chunk: HitChunk, size: int) -> Iterator[tuple[int, HitChunk]]:
         yield start, HitChunk(chunk.entries[start:stop], chunk.row[a:b] - start, {r: v[a:b] for r, v in chunk.hits.items()})
 
 
+def consecutive_runs(units: Sequence[RenderUnit], workers: int) -> list[list[RenderUnit]]:
+    """Units cut into runs of consecutive units of one tree (read together), at most len(units) / workers long so
+    that every worker gets work."""
+    longest = max(1, -(-len(units) // max(1, workers)))
+    runs: list[list[RenderUnit]] = []
+    for unit in units:
+        previous = runs[-1][-1] if runs else None
+        if (previous is not None and len(runs[-1]) < longest and (previous.file, previous.tree) == (unit.file, unit.tree)
+                and previous.stop == unit.start):
+            runs[-1].append(unit)
+        else:
+            runs.append([unit])
+    return runs
+
+
 def run_units(units: Sequence[RenderUnit], settings: Settings, workers: int, progress: bool) -> Iterator[Outcome]:
     """Convert units in `workers` processes (0 or 1: in this process), yielding outcomes as they finish.
 
-    A worker reads its own unit from the file: only the unit's description and the settings cross processes."""
+    A worker reads its own units from the file: only their descriptions and the settings cross processes."""
     from tqdm import tqdm
 
     bar = tqdm(total=sum(u.n_entries for u in units), desc="hits2png", unit="event", disable=not progress,
                file=sys.stderr)
+    runs = consecutive_runs(units, workers)
     try:
         if workers <= 1:
-            for unit in units:
-                outcome = convert_unit(unit, settings)
-                bar.update(unit.n_entries)
-                yield outcome
+            for run in runs:
+                for outcome in convert_run(run, settings):
+                    bar.update(outcome.unit.n_entries)
+                    yield outcome
             return
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"), initializer=_die_with_parent,
                                  initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(convert_unit, unit, settings) for unit in units]
+            futures = [pool.submit(convert_run, run, settings) for run in runs]
             for future in as_completed(futures):
-                outcome = future.result()
-                bar.update(outcome.unit.n_entries)
-                yield outcome
+                for outcome in future.result():
+                    bar.update(outcome.unit.n_entries)
+                    yield outcome
     finally:
         bar.close()
 

@@ -79,6 +79,10 @@ class ImageWriter:
         while len(self._pending) > keep:
             self._pending.pop(0).result()
 
+    def flush(self) -> None:
+        """Wait until every image submitted so far is written; raise the first error."""
+        self._drain(0)
+
     def close(self) -> None:
         """Wait for every pending slice (all of them, even after an error), then raise the first error."""
         if self._pool is None:
