@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import cmsdl
 from cmsdl.errors import CmsdlError, closest
+from cmsdl.extras import missing_extra
 
 # subcommand → (module of cmsdl.commands whose `main` is the Hydra app, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,33 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# extra → (what it is called in messages, the modules it installs); `pip install 'cmsdl[<extra>]'` brings them
-EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "train": ("training", ("torch", "torchvision", "pytorch_lightning", "torchmetrics", "onnx", "sklearn",
-                           "matplotlib")),
-    "tools": ("tools", ("sklearn", "matplotlib")),
-    "k8s": ("k8s", ("kubernetes",)),
-}
-# subcommand → the extra it needs beyond the base install (predict, serve, hits2png and the simulators need none)
-COMMAND_EXTRAS: dict[str, str] = {"train": "train", "eval": "train", "export": "train", "popularity": "train",
-                                  "cluster-workflows": "tools", "cache-sim": "tools", "k8s": "k8s"}
 HELP_FLAGS = ("-h", "--help")
 CONFIG_ONLY_FLAGS = ("-c", "--cfg", "-i", "--info", "--hydra-help")  # Hydra prints and runs nothing: no extra needed
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 COMPLETING_COMMAND = "predict"  # any command's Hydra app prints the completion script; this one needs no extra
-
-
-def missing_extra(command: str) -> str | None:
-    """One line naming the extra that `command` needs and how to install it, if one of its modules is missing."""
-    extra = COMMAND_EXTRAS.get(command)
-    if extra is None:
-        return None
-    title, modules = EXTRAS[extra]
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if not missing:
-        return None
-    return (f"cmsdl {command} needs the {title} extra: pip install 'cmsdl[{extra}]' "
-            f"({', '.join(missing)} not installed)")
 
 
 # Keys that would clash with a config group of the same name (e.g. `model`), renamed before Hydra sees them.

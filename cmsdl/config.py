@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cmsdl.errors import CmsdlError, ConfigError
+from cmsdl.extras import install_hint
 from cmsdl.runs import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,22 @@ def config_dir() -> str:
     return str(Path(str(resources.files("cmsdl.configs"))).resolve())
 
 
+def call_naming_extras(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """`fn(cfg)`; a package of an extra that is missing where it is imported (pyarrow for format=parquet, ...) becomes
+    a CmsdlError naming the extra and its pip install."""
+    try:
+        return fn(cfg)
+    except ModuleNotFoundError as err:
+        hint = install_hint(err.name)
+        if hint is None:
+            raise
+        raise CmsdlError(hint) from None
+
+
 def hydra_app(config_name: str, prepare_argv: Callable[[list[str]], list[str]] | None = None,
               ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Turn `fn(cfg)` into a Hydra app on configs/<config_name>.yaml; a CmsdlError exits 2 with one line.
+    """Turn `fn(cfg)` into a Hydra app on configs/<config_name>.yaml; a CmsdlError, or a missing package of an
+    extra, exits 2 with one line.
 
     `prepare_argv`, where a command has one, rewrites the command-line arguments before Hydra parses them
     (`cmsdl k8s <action> ...` turns its action into `action=<action>`).
@@ -37,7 +51,7 @@ def hydra_app(config_name: str, prepare_argv: Callable[[list[str]], list[str]] |
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
             try:
-                return fn(cfg)
+                return call_naming_extras(fn, cfg)
             except CmsdlError as err:
                 if in_sweep():
                     raise  # a row of the sweep's summary (cmsdl.sweeps.SweepSummary); the other points still run

@@ -10,13 +10,17 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 
 from cmsdl import cli
+from cmsdl.config import call_naming_extras
 from cmsdl.config_help import Comment, annotate, hydra_error_line, key_comments
+from cmsdl.errors import CmsdlError
 
 HEAVY = ("torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning", "onnxruntime", "sklearn",
          "matplotlib", "kubernetes")
@@ -119,6 +123,23 @@ def test_a_missing_extra_is_named_with_its_pip_install(capsys: pytest.CaptureFix
     assert cli.missing_extra("predict") is None and cli.missing_extra("serve") is None
     assert cli.main(["train", "--cfg", "job"]) == 0, "printing the config needs no extra"
     assert "seed: 12345" in capsys.readouterr().out
+
+
+def test_a_missing_optional_package_names_its_extra() -> None:
+    """A package imported where an option uses it (pyarrow for format=parquet) → one line naming the extra."""
+
+    def needs(module: str) -> Callable[[DictConfig], None]:
+        def run(cfg: DictConfig) -> None:
+            raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+        return run
+
+    with pytest.raises(CmsdlError, match=r"^pyarrow is not installed; it comes with the parquet extra: "
+                                         r"pip install 'cmsdl\[parquet\]'$"):
+        call_naming_extras(needs("pyarrow.parquet"), OmegaConf.create())
+    with pytest.raises(CmsdlError, match=r"pip install 'cmsdl\[remote\]'$"):
+        call_naming_extras(needs("XRootD"), OmegaConf.create())
+    with pytest.raises(ModuleNotFoundError):  # not a package of an extra: a real bug, shown as it is
+        call_naming_extras(needs("no_such_module"), OmegaConf.create())
 
 
 @pytest.mark.slow

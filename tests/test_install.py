@@ -1,5 +1,5 @@
 """A plain (non-editable) `pip install .` ships the configs and runs the seed experiment from any directory; the base
-install (pyproject's dependencies, no extras) predicts and serves without torch or scikit-learn."""
+install (pyproject's dependencies, no extras) predicts and serves without torch, scikit-learn or pyarrow."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import pytest
 from conftest import REPO
 from toy_onnx import top_model
 
-NOT_IN_THE_BASE_INSTALL = ("torch", "pytorch_lightning", "torchvision", "sklearn", "matplotlib", "kubernetes", "onnx")
+NOT_IN_THE_BASE_INSTALL = ("torch", "pytorch_lightning", "torchvision", "sklearn", "matplotlib", "kubernetes", "onnx",
+                           "pyarrow")
 
 
 def pyproject() -> dict:
@@ -49,7 +50,8 @@ def test_pyproject_lists_every_package_and_config_group() -> None:
 def test_the_base_install_has_no_torch_and_the_dev_extra_holds_every_other_extra() -> None:
     project = pyproject()["project"]
     base = " ".join(project["dependencies"])
-    for heavy in ("torch", "lightning", "scikit-learn", "matplotlib", "kubernetes", "xrootd", "mlflow", "pyspark"):
+    for heavy in ("torch", "lightning", "scikit-learn", "matplotlib", "kubernetes", "xrootd", "mlflow", "pyspark",
+                  "pyarrow"):
         assert heavy not in base, f"{heavy} is in the base install"
     extras = project["optional-dependencies"]
     [own] = [d for d in extras["dev"] if d.startswith("cmsdl[")]
