@@ -51,7 +51,7 @@ def create_app(models: str, token: str | None = None, threads: int | None = None
     limits = limits or Limits()
     store = ModelStore(models, threads=threads)
     gate = asyncio.Semaphore(limits.parallel)
-    app = FastAPI(title="cmsdl model service", version="1", lifespan=load_models_at_start)
+    app = ServiceApp(title="cmsdl model service", version="1", lifespan=load_models_at_start)
     app.state.store, app.state.ready = store, False
     add_error_handlers(app)
     app.include_router(health_routes())
@@ -60,9 +60,24 @@ def create_app(models: str, token: str | None = None, threads: int | None = None
     app.include_router(model_write_routes(store, limits, gate, WriteGuard(token, read_only)))
     app.include_router(v2_routes(store, limits, gate))
     app.include_router(unknown_model_paths())  # last: it answers whatever the routes above do not
-    app.add_middleware(FastPaths, store=store, limits=limits)
-    app.add_middleware(RequestMetrics, served=store.has)  # added last: the outermost, so it sees every answer
+    app.front = RequestMetrics(FastPaths(app.framework, store, limits), served=store.has)
     return app
+
+
+class ServiceApp(FastAPI):
+    """FastAPI, with every HTTP request going first through `front`: the metrics, then the fast path for small
+    tabular predictions, which hands everything else to the framework (`framework`)."""
+
+    front: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def framework(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
 
 
 @asynccontextmanager

@@ -37,8 +37,19 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 
+_children: dict[tuple[str, ...], Any] = {}  # labelled metrics by labels: .labels() costs more than the update
+
+
+def labelled(metric: Any, *labels: str) -> Any:
+    key = (metric._name, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def record_batch(model: str, endpoint: str, size: int) -> None:
-    BATCH.labels(model, endpoint).observe(size)
+    labelled(BATCH, model, endpoint).observe(size)
 
 
 def metrics_text() -> tuple[bytes, str]:
@@ -75,5 +86,5 @@ class RequestMetrics:
         finally:
             model = match[1] if self.served(match[1]) else "unknown"
             labels = (model, match[2], str(status))
-            REQUESTS.labels(*labels).inc()
-            LATENCY.labels(*labels).observe(time.perf_counter() - start)
+            labelled(REQUESTS, *labels).inc()
+            labelled(LATENCY, *labels).observe(time.perf_counter() - start)
