@@ -2,7 +2,7 @@
 #   training (the default): CUDA runtime, torch/Lightning and the train, k8s and remote extras
 #     docker build -t registry.example.org/cms/cmsdl:0.1.0 .
 #     docker run --gpus all registry.example.org/cms/cmsdl:0.1.0 train experiment=workflow_actions trainer=gpu
-#   inference: no CUDA, no torch (the base install): predict, serve, hits2png, the simulators
+#   inference: no CUDA, no torch (the base install and the parquet extra): predict, serve, hits2png, the simulators
 #     docker build --target inference -t registry.example.org/cms/cmsdl-inference:0.1.0 .
 #     docker run -p 8083:8083 -v $PWD/models:/models registry.example.org/cms/cmsdl-inference:0.1.0 \
 #       serve models=/models host=0.0.0.0 port=8083
@@ -35,6 +35,13 @@ RUN python -c "import sys, tomllib; extras = tomllib.load(open('pyproject.toml',
         "$TRAINING_EXTRAS" > /tmp/requirements-training.txt \
     && pip install ${TORCH_INDEX_URL:+--extra-index-url $TORCH_INDEX_URL} -r /tmp/requirements-training.txt
 
+FROM base-dependencies AS inference-dependencies
+# parquet: `cmsdl predict format=parquet`; no torch
+ARG INFERENCE_EXTRAS=parquet
+RUN python -c "import sys, tomllib; extras = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print('\n'.join(d for e in sys.argv[1].split(',') for d in extras[e]))" \
+        "$INFERENCE_EXTRAS" > /tmp/requirements-inference.txt \
+    && pip install -r /tmp/requirements-inference.txt
+
 # The package itself, built once (configs and the Hydra launcher plugin ship inside it).
 FROM base-dependencies AS wheel
 COPY README.md ./
@@ -52,7 +59,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=base-dependencies /opt/cmsdl /opt/cmsdl
+COPY --from=inference-dependencies /opt/cmsdl /opt/cmsdl
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/cmsdl-*.whl && rm -rf /wheels
 # Non-root: uid 1000 as in the pods' securityContext (Ubuntu's own `ubuntu` user is removed to free the uid).

@@ -1,5 +1,5 @@
 """The Dockerfile (no Docker engine runs here): two targets, `training` (the default: CUDA runtime, torch and the
-train/k8s/remote extras) and `inference` (no CUDA, no torch: the base install); dependency stages that install
+train/k8s/remote extras) and `inference` (no CUDA, no torch: the base install + parquet); dependency stages that install
 exactly pyproject's lists before any code is copied; every package directory copied and not ignored; non-root user,
 `cmsdl` entrypoint; the slow test builds the package from the same build context and checks that it exposes `cmsdl`."""
 
@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO
 
 TRAINING_EXTRAS = ("train", "k8s", "remote")
+INFERENCE_EXTRAS = ("parquet",)
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -100,18 +101,21 @@ def test_the_dependency_stages_install_pyprojects_lists_before_any_code(tmp_path
     base = listed_requirements("base-dependencies", tmp_path)
     assert base == [d.replace(" ", "") for d in project["dependencies"]]
     assert not any(name.startswith(("torch", "pytorch-lightning")) for name in base), "the base install has no torch"
-    training = listed_requirements("training-dependencies", tmp_path)
     extras = project["optional-dependencies"]
+    training = listed_requirements("training-dependencies", tmp_path)
     assert training == [d.replace(" ", "") for e in TRAINING_EXTRAS for d in extras[e]]
-    for stage in ("base-dependencies", "training-dependencies"):
+    inference = listed_requirements("inference-dependencies", tmp_path)
+    assert inference == [d.replace(" ", "") for e in INFERENCE_EXTRAS for d in extras[e]]
+    assert not any(name.startswith(("torch", "pytorch-lightning")) for name in inference)
+    for stage in ("base-dependencies", "training-dependencies", "inference-dependencies"):
         copies = [a.split()[0] for kind, a in stages()[stage][1] if kind == "COPY"]
         assert copies in ([], ["pyproject.toml"]), f"{stage} copies only pyproject.toml (code changes keep its cache)"
-    assert stages()["training-dependencies"][0] == "base-dependencies"
+    assert stages()["training-dependencies"][0] == stages()["inference-dependencies"][0] == "base-dependencies"
     assert stages()["wheel"][0] == "base-dependencies"
     froms = {target: [a for kind, a in stages()[target][1] if kind == "COPY" and a.startswith("--from=")]
              for target in ("training", "inference")}
     assert froms["training"][0].startswith("--from=training-dependencies ")
-    assert froms["inference"][0].startswith("--from=base-dependencies ")
+    assert froms["inference"][0].startswith("--from=inference-dependencies ")
 
 
 def top_level_dirs() -> set[str]:
