@@ -164,6 +164,58 @@ def measure(folder: Path, files: list[Path], chunks: list[HitChunk], spec: Image
     return times, cpu, out["vec_png"]
 
 
+def zlib_streams() -> dict[str, Callable[[bytes], bytes]]:
+    """Other deflate implementations that are importable here, each a function raw bytes → zlib stream."""
+    import importlib
+    import zlib
+
+    def zlib_with(level: int, strategy: int, window: int = 15, memory: int = 8) -> Callable[[bytes], bytes]:
+        def compress(raw: bytes) -> bytes:
+            stream = zlib.compressobj(level, zlib.DEFLATED, window, memory, strategy)
+            return stream.compress(raw) + stream.flush()
+        return compress
+
+    found = {"zlib 1 run-length (used)": zlib_with(1, zlib.Z_RLE), "zlib 1 default strategy": zlib_with(1, 0),
+             "zlib 1 run-length, memLevel 1": zlib_with(1, zlib.Z_RLE, 15, 1)}
+    for module, name, make in (
+            ("zlib_ng.zlib_ng", "zlib-ng 1 run-length", lambda m: lambda raw: (lambda c: c.compress(raw) + c.flush())(
+                m.compressobj(1, m.DEFLATED, 15, 8, m.Z_RLE))),
+            ("deflate", "libdeflate 1", lambda m: lambda raw: m.zlib_compress(raw, 1)),
+            ("isal.isal_zlib", "ISA-L 1", lambda m: lambda raw: m.compress(raw, 1)),
+            ("isal.isal_zlib", "ISA-L 0", lambda m: lambda raw: m.compress(raw, 0))):
+        try:
+            found[name] = make(importlib.import_module(module))
+        except ImportError:
+            print(f"encoders: {module} is not installed, {name} left out")
+    return found
+
+
+def compare_encoders(images: np.ndarray, repeat: int) -> list[tuple[str, float, float, bool]]:
+    """CPU us and bytes per image of each deflate implementation on the same scanlines, and whether its PNGs
+    equal the writer's bytes (else: Pillow decodes them to the same pixels, asserted)."""
+    import struct
+    import zlib
+
+    from cmsdl.features.images.png import COLOR_TYPES, IEND, MODES, SIGNATURE, png_chunk, scanlines
+
+    raws = [row.tobytes() for row in scanlines(images)]
+    header = SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", images.shape[3], images.shape[2], 8,
+                                                        COLOR_TYPES[MODES[images.shape[1]]], 0, 0, 0))
+    reference = encode_pngs(images)
+    rows = []
+    for name, compress in zlib_streams().items():
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.process_time()
+            streams = [compress(raw) for raw in raws]
+            best = min(best, time.process_time() - start)
+        pngs = [header + png_chunk(b"IDAT", stream) + IEND for stream in streams]
+        assert all(zlib.decompress(s) == raw for s, raw in zip(streams, raws)), f"{name}: another stream"
+        check_pngs(pngs, images)
+        rows.append((name, 1e6 * best / len(raws), sum(map(len, pngs)) / len(raws), pngs == reference))
+    return rows
+
+
 def write_all(folder: Path, pngs: list[bytes]) -> None:
     """Every PNG written atomically as hits2png does (temporary name, rename), in one folder."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -249,6 +301,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="hits2png's threads for the end-to-end rows")
     parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
                         help="hits2png worker counts to compare, the first is the reference (default: 1 and the CPUs)")
+    parser.add_argument("--encoders", action="store_true",
+                        help="also time other deflate libraries if installed (zlib-ng, libdeflate, ISA-L) on the images")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.workers = list(dict.fromkeys(int(w) for w in args.workers.split(",")))
@@ -262,6 +316,12 @@ def main() -> None:
         times, cpu, pngs = measure(folder, files, chunks, spec, args)
     figures = figures_of(chunks, times, cpu, pngs, args, (load_before, load_average()))
     report(figures, args)
+    if args.encoders:
+        images = np.concatenate([render_chunk(c, spec) for c in chunks])
+        print(f"{'deflate implementation':32s} {'CPU us/image':>12s} {'bytes/image':>11s}  same bytes as the writer")
+        for name, us, size, same in compare_encoders(images, args.repeat):
+            print(f"{name:32s} {us:12.1f} {size:11.0f}  {'yes' if same else 'no (same pixels)'}")
+            figures.setdefault("encoders", {})[name] = {"cpu_us_per_image": us, "bytes_per_image": size, "same_bytes": same}
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
