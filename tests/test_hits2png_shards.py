@@ -108,9 +108,12 @@ def test_shards_select_disjoint_units_covering_the_plan() -> None:
     assert picked == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]] and Shard(0, 1).select(units) == units  # type: ignore[arg-type]
 
 
-def test_overwrite_with_shards_is_refused(tmp_path: Path, convert) -> None:
+def test_overwrite_with_shards_and_negative_threads_are_refused(tmp_path: Path, convert) -> None:
     with pytest.raises(ConfigError, match="^overwrite: true cannot be combined with shard.count > 1"):
         convert(tmp_path / "img", "overwrite=true", "shard.count=2")
+    with pytest.raises(ConfigError, match="^threads: expected 0 .* got -1$"):
+        convert(tmp_path / "img", "threads=-1")
+    assert not (tmp_path / "img").exists()
 
 
 @pytest.mark.slow
