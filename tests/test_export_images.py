@@ -62,6 +62,7 @@ def check_family(root: Path, model: str) -> None:
     predictor = Predictor(onnx_file)
     spec = predictor.contract.input
     assert spec.name == "images" and spec.dtype == "uint8" and spec.shape == ["batch", 2, 24, 24]
+    assert predictor.contract.preprocessing_in_graph, "raw uint8 pixels in: the graph scales them"
     assert predictor.contract.class_names == ["higgs", "jpsi", "qcd"]
     checkpoint = load_checkpoint(ckpt)
     datamodule, net = restore(checkpoint)

@@ -167,6 +167,7 @@ def test_an_unreadable_or_huge_config_is_named_too(tmp_path: Path) -> None:
         ({"instance_group": {"count": 0}}, "triton.instance_group.count: got 0, expected an integer >= 1"),
         ({"instance_group": {"gpus": [0]}}, "triton.instance_group.gpus: got [0], but GPUs apply to kind=gpu only"),
         ({"instance_group": {"kind": "gpu", "gpus": [-1]}}, "triton.instance_group.gpus: got [-1]"),
+        ({"instance_group": "gpu"}, "triton.instance_group: got 'gpu', expected {kind: cpu|gpu"),
     ],
 )
 def test_triton_settings_are_checked_key_by_key(options: dict, message: str) -> None:

@@ -74,13 +74,17 @@ def is_count(value: Any, minimum: int) -> bool:
 
 def triton_settings(options: Mapping[str, Any]) -> TritonSettings:
     """`triton.*` options checked one by one; ConfigError names the key and what was expected."""
+    group = options.get("instance_group") or {}
+    if not isinstance(group, Mapping):
+        raise ConfigError(f"triton.instance_group: got {group!r}, expected {{kind: cpu|gpu, count: n, gpus: [...]}}")
+    gpus = group.get("gpus") or []
     settings = TritonSettings(
         max_batch_size=options.get("max_batch_size", 64),
         dynamic_batching=options.get("dynamic_batching", True),
         max_queue_delay_microseconds=options.get("max_queue_delay_microseconds", 100),
-        instance_kind=options.get("instance_group", {}).get("kind", "cpu"),
-        instance_count=options.get("instance_group", {}).get("count", 1),
-        gpus=list(options.get("instance_group", {}).get("gpus") or []),
+        instance_kind=group.get("kind", "cpu"),
+        instance_count=group.get("count", 1),
+        gpus=list(gpus) if isinstance(gpus, list) else [gpus],
     )
     checks = [
         ("max_batch_size", settings.max_batch_size, is_count(settings.max_batch_size, 0), "an integer >= 0"),
