@@ -7,6 +7,8 @@ Candidates are the datasets read in the weeks before the target week; datasets r
 no candidates (new ones, dormant ones) are counted in every row and in the summary, not scored.
 Each finished week is appended to ``windows.jsonl``, so a stopped run continues where it was.
 Outputs in ``out``: metrics.csv, summary.json, windows.png, predictions.csv, config.yaml, windows.jsonl.
+With ``engine=spark`` the samples are built by Spark (cmsdl.features.popularity.spark) from one or many inputs and
+kept in ``out/features.parquet``; the windows are trained and scored exactly as with ``engine=local``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from cmsdl.config import instantiate_logged, to_plain
-from cmsdl.errors import ConfigError
+from cmsdl.errors import BadRecord, ConfigError
 from cmsdl.features.popularity.records import LabelRule, load_popularity, weekly_totals
 from cmsdl.features.popularity.source import PopularitySamples, build_samples, feature_matrix, uncovered_per_week
+from cmsdl.features.spark_session import SparkSettings, check_engine
 from cmsdl.io import atomic_write, write_config, write_json
 
 log = logging.getLogger(__name__)
 DNN = "dnn"
 STATE = "windows.jsonl"
+FEATURES = "features.parquet"  # engine=spark: the samples table
 # how the candidates of a target week are chosen; windows.jsonl entries of another rule are recomputed
 CANDIDATES = "read in the history weeks before the target week"
 UNCOVERED = ("n_new", "n_new_popular", "n_dormant", "n_dormant_popular")
@@ -149,7 +153,7 @@ def check_resumable(cfg: DictConfig, out: Path) -> None:
     if not (out / STATE).is_file() or not saved.is_file():
         return
     old, new = OmegaConf.load(saved), OmegaConf.create(to_plain(cfg))
-    for key in ("resume", "max_windows"):
+    for key in ("resume", "max_windows", "engine", "spark"):  # the engines build the same samples
         old.pop(key, None), new.pop(key, None)
     if old != new:
         raise ConfigError(f"out: {out} holds windows of a different configuration; use another out or resume=false")
@@ -242,6 +246,22 @@ def print_table(summary: dict[str, Any], windows: list[dict[str, Any]]) -> None:
           "dataset-weeks")
 
 
+def popularity_samples(cfg: DictConfig, rule: LabelRule, out: Path
+                       ) -> tuple[PopularitySamples, dict[int, dict[str, int]], list[BadRecord]]:
+    """Samples, uncovered counts per week and skipped rows of cfg.input, built by cfg.engine (local or spark)."""
+    lags, history = cfg.features.lags, cfg.features.history_weeks
+    if check_engine(cfg.get("engine", "local"), "engine") == "spark":
+        from cmsdl.features.popularity.spark import build_samples_spark
+
+        inputs = to_plain(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input)
+        built = build_samples_spark(inputs, rule, lags, history, out / FEATURES,
+                                    SparkSettings.from_config(to_plain(cfg.get("spark"))))
+        return built.samples, built.uncovered, built.bad
+    table = load_popularity(cfg.input)
+    totals = weekly_totals(table)
+    return build_samples(totals, rule, lags, history), uncovered_per_week(totals, rule, history), table.bad
+
+
 def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
     """Run (or continue) the rolling-window study; returns the summary written to summary.json."""
     from tqdm import tqdm
@@ -252,11 +272,8 @@ def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
     check_resumable(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     write_config(out / "config.yaml", cfg)
-    table = load_popularity(cfg.input)
     rule = LabelRule(cfg.label.metric, cfg.label.threshold)
-    totals = weekly_totals(table)
-    samples = build_samples(totals, rule, cfg.features.lags, cfg.features.history_weeks)
-    uncovered = uncovered_per_week(totals, rule, cfg.features.history_weeks)
+    samples, uncovered, bad = popularity_samples(cfg, rule, out)
     train_weeks = int(round(cfg.train_months * cfg.weeks_per_month))
     targets = window_weeks(samples.weeks, train_weeks, cfg.step_weeks, cfg.max_windows)
     for name, model_cfg in {"dnn.net": cfg.dnn.net, **(cfg.baselines or {})}.items():
@@ -271,7 +288,7 @@ def rolling_popularity(cfg: DictConfig) -> dict[str, Any]:
                 state.write(json.dumps(done[week]) + "\n")
                 state.flush()
     windows = [done[w] for w in targets]
-    summary = write_outputs(out, windows, table.bad)
+    summary = write_outputs(out, windows, bad)
     print_table(summary, windows)
     print(f"outputs in {out}: metrics.csv, summary.json, windows.png, predictions.csv")
     return summary

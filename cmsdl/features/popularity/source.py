@@ -12,7 +12,9 @@ in production from raw records.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from cmsdl.errors import ConfigError, InputFormatError
 from cmsdl.features.popularity.records import FORMAT, LabelRule, WeeklyTotals, load_popularity, weekly_totals
+from cmsdl.features.spark_session import SparkSettings, check_engine
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +149,13 @@ def feature_matrix(values: np.ndarray, tiers: np.ndarray, tier_vocab: Sequence[s
 class PopularitySource:
     """Tabular source: next-week popularity of datasets from a cmsdl-popularity/1 CSV file."""
 
-    def __init__(self, path: str, metric: str = "naccess", threshold: float = 10.0, lags: int = 4,
-                 history_weeks: int = 8) -> None:
+    def __init__(self, path: str | list[str], metric: str = "naccess", threshold: float = 10.0, lags: int = 4,
+                 history_weeks: int = 8, engine: str = "local", spark: dict[str, Any] | None = None,
+                 table_out: str | None = None) -> None:
         self.path = path
+        self.engine = check_engine(engine, "data.source.engine")
+        self.spark = SparkSettings.from_config(spark)
+        self.table_out = table_out
         self.rule = LabelRule(metric, threshold)
         self.lags = lags
         self.history_weeks = history_weeks
@@ -163,8 +170,22 @@ class PopularitySource:
     def feature_names(self) -> list[str]:
         return [*raw_columns(self.lags), *(f"tier={t}" for t in [*self.tiers, OTHER])]
 
+    def _build(self) -> PopularitySamples:
+        """Samples by engine: records.py in this process, or Spark (table kept in table_out, else a scratch dir)."""
+        if self.engine == "local":
+            return build_samples(weekly_totals(load_popularity(self.path)), self.rule, self.lags, self.history_weeks)
+        from cmsdl.features.popularity.spark import build_samples_spark
+
+        inputs = str(self.path) if isinstance(self.path, (str, Path)) else [str(p) for p in self.path]
+        if self.table_out:
+            return build_samples_spark(inputs, self.rule, self.lags, self.history_weeks, self.table_out,
+                                       self.spark).samples
+        with tempfile.TemporaryDirectory(prefix="cmsdl-popularity-") as scratch:
+            return build_samples_spark(inputs, self.rule, self.lags, self.history_weeks,
+                                       Path(scratch) / "samples.parquet", self.spark).samples
+
     def load(self) -> tuple[PopularitySamples, np.ndarray]:
-        samples = build_samples(weekly_totals(load_popularity(self.path)), self.rule, self.lags, self.history_weeks)
+        samples = self._build()
         log.info("%s: %d samples over %d weeks, %.1f%% popular (%s)", self.path, len(samples),
                  len(np.unique(samples.weeks)), 100 * samples.labels.mean(), self.rule.describe())
         return samples, samples.labels

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,23 +207,13 @@ def flatten_records(records: list[dict[str, Any]], list_limit: int = 2) -> FlatT
     rows: dict[str, list[int]] = {}
     values: dict[str, list[Any]] = {}
     for i, record in enumerate(records):
-        stack: list[tuple[str, dict[str, Any]]] = [("", record)]
-        while stack:
-            prefix, node = stack.pop()
-            for key, value in node.items():
-                if isinstance(value, dict):
-                    stack.append((prefix + key + ".", value))
-                    continue
-                if isinstance(value, list):
-                    stack.append((prefix + key + ".", _list_node(value, list_limit)))
-                    continue
-                name = prefix + key
-                column = values.get(name)
-                if column is None:
-                    rows[name], values[name] = [], []
-                    column = values[name]
-                rows[name].append(i)
-                column.append(value)
+        for name, value in flat_items(record, list_limit):
+            column = values.get(name)
+            if column is None:
+                rows[name], values[name] = [], []
+                column = values[name]
+            rows[name].append(i)
+            column.append(value)
     columns, kinds = {}, {}
     for name in sorted(values):
         converted, kinds[name] = _convert(values[name])
@@ -230,6 +221,20 @@ def flatten_records(records: list[dict[str, Any]], list_limit: int = 2) -> FlatT
         full[np.asarray(rows[name], dtype=np.int64)] = converted
         columns[name] = full
     return FlatTable(columns, kinds, len(records))
+
+
+def flat_items(record: dict[str, Any], list_limit: int = 2) -> Iterator[tuple[str, Any]]:
+    """(dotted name, leaf value) of one record, as flatten_records gathers them (lists as in the module docstring)."""
+    stack: list[tuple[str, dict[str, Any]]] = [("", record)]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                stack.append((prefix + key + ".", value))
+            elif isinstance(value, list):
+                stack.append((prefix + key + ".", _list_node(value, list_limit)))
+            else:
+                yield prefix + key, value
 
 
 def _list_node(value: list[Any], list_limit: int) -> dict[str, Any]:

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import tempfile
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from cmsdl.errors import ConfigError, InputFormatError
-from cmsdl.features.transfers.records import FORMAT, MARKER, FlatTable, drop_beyond_float32, flatten_records, read_transfer_log
+from cmsdl.features.spark_session import SparkSettings, check_engine
+from cmsdl.features.transfers.records import (FORMAT, MARKER, FlatTable, TransferLog, drop_beyond_float32,
+                                              flatten_records, read_transfer_log)
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +131,15 @@ def describe_reduction(report: dict[str, Any], log_bytes: int) -> str:
 class TransferSource:
     """Tabular source: transfers of a cmsdl-transfers/1 log, with the latency class or log10 latency as target."""
 
-    def __init__(self, path: str, target: str = "class", marker: str = MARKER, early_queue_hours: float = 4.0,
-                 late_rate_mb_s: float = 1.0, log_target: bool = True, features: TransferFeatures | None = None):
+    def __init__(self, path: str | list[str], target: str = "class", marker: str = MARKER,
+                 early_queue_hours: float = 4.0, late_rate_mb_s: float = 1.0, log_target: bool = True,
+                 features: TransferFeatures | None = None, engine: str = "local",
+                 spark: dict[str, Any] | None = None, table_out: str | None = None):
         if target not in TARGETS:
             raise ConfigError(f"data.source.target: got {target!r}, expected one of {', '.join(TARGETS)}")
+        self.engine = check_engine(engine, "data.source.engine")
+        self.spark = SparkSettings.from_config(spark)
+        self.table_out = table_out
         self.path, self.target, self.marker = path, target, marker
         self.early_queue_hours, self.late_rate_mb_s, self.log_target = early_queue_hours, late_rate_mb_s, log_target
         self.features = features or TransferFeatures()
@@ -149,9 +158,23 @@ class TransferSource:
     def feature_names(self) -> list[str]:
         return list(self.features.columns)
 
+    def _read_and_flatten(self) -> tuple[TransferLog, FlatTable]:
+        """The log and its flat table, by engine: records.py in this process, or Spark (table kept in table_out)."""
+        if self.engine == "local":
+            transfer_log = read_transfer_log(self.path, self.marker)
+            return transfer_log, flatten_records(transfer_log.records, self.features.list_limit)
+        from cmsdl.features.transfers.spark import flatten_logs_spark
+
+        inputs = str(self.path) if isinstance(self.path, (str, Path)) else [str(p) for p in self.path]
+        if self.table_out:
+            return flatten_logs_spark(inputs, self.table_out, self.spark, self.marker, self.features.list_limit)
+        with tempfile.TemporaryDirectory(prefix="cmsdl-transfers-") as scratch:
+            return flatten_logs_spark(inputs, Path(scratch) / "flat.parquet", self.spark, self.marker,
+                                      self.features.list_limit)
+
     def load(self) -> tuple[list[TransferRow], np.ndarray]:
-        transfer_log = read_transfer_log(self.path, self.marker)
-        self.table = drop_beyond_float32(transfer_log, flatten_records(transfer_log.records, self.features.list_limit))
+        transfer_log, table = self._read_and_flatten()
+        self.table = drop_beyond_float32(transfer_log, table)
         if transfer_log.bad:
             log.warning(transfer_log.bad_summary())
         self.log_bytes = transfer_log.n_bytes

@@ -1,0 +1,188 @@
+"""engine=spark for transfer logs: cmsdl-transfers/1 files (local paths, globs or URLs Spark reads) split at the
+marker, checked, flattened and hashed by Spark, written as one Parquet table, read back as records.FlatTable.
+
+Spark reads each file with the marker as its record separator (``lineSep``), so a record is one row however many
+lines it spans; its start line is 1 + the newlines of the earlier records of its file
+(cmsdl.features.spark_session.with_line_numbers) + those of its leading whitespace. Each record is decoded and
+checked by records.check_record and flattened by records.flat_items in Spark's Python workers; every leaf becomes a
+(name, value) row, and a column's conversion follows records._convert: numbers (null = missing) when every value of
+the column converts to a number, else numbers as they are and text hashed (crc32 / 2**32). The wide table (one
+column per dotted name, in sorted order, rows by file and line) is written to Parquet with the kinds beside it in
+``_kinds.json``. The text after the last marker of a file is a truncated record when it is not blank.
+Imports pyspark only inside functions; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmsdl.errors import BadRecord, InputFormatError
+from cmsdl.features.spark_session import (SHOW_BAD, SparkSettings, bad_summary, file_tails, local_path, read_text,
+                                          readable_inputs, spark_errors, spark_session, with_line_numbers)
+from cmsdl.features.transfers.records import MARKER, FlatTable, TransferLog, _as_float, check_record, flat_items, text_hash
+from cmsdl.io import loads_json
+
+log = logging.getLogger(__name__)
+KINDS = "_kinds.json"
+
+
+def cell(value: Any) -> tuple[float | None, bool, float | None, bool]:
+    """(value as a number, whether it converts to one, value as records._convert's mixed path gives it, hashed?)."""
+    if value is None:
+        return None, True, None, False
+    if isinstance(value, (bool, int, float)):
+        try:
+            number: float | None = float(value)
+            converts = True
+        except OverflowError:
+            number, converts = None, False
+        return number, converts, _as_float(value), False
+    text = str(value)
+    try:
+        number, converts = float(text), True
+    except ValueError:
+        number, converts = None, False
+    return number, converts, text_hash(text), True
+
+
+def record_rows(chunks: Iterable[Any], marker: str, list_limit: int) -> Iterator[tuple]:
+    """Spark worker: (file, line, reason, tr_id, cells) per record chunk; blank tails are dropped."""
+    for chunk in chunks:
+        text = chunk.value
+        lead = len(text) - len(text.lstrip())
+        line = chunk.line + text.count("\n", 0, lead)
+        if chunk.tail:
+            if text.strip():
+                yield chunk.file, line, f"truncated record (no {marker!r} marker before the end of the file)", None, []
+            continue
+        try:
+            record = loads_json(text)
+        except ValueError as err:
+            yield chunk.file, line, f"not valid JSON ({getattr(err, 'msg', err)})", None, []
+            continue
+        problem = check_record(record)
+        if problem:
+            yield chunk.file, line, problem, None, []
+            continue
+        yield chunk.file, line, None, str(record.get("tr_id")), [(name, *cell(v)) for name, v in flat_items(record, list_limit)]
+
+
+def record_schema() -> Any:
+    from pyspark.sql.types import (ArrayType, BooleanType, DoubleType, LongType, StringType, StructField, StructType)
+
+    cells = StructType([StructField("name", StringType()), StructField("number", DoubleType()),
+                        StructField("converts", BooleanType()), StructField("mixed", DoubleType()),
+                        StructField("hashed", BooleanType())])
+    return StructType([StructField("file", StringType()), StructField("line", LongType()),
+                       StructField("reason", StringType()), StructField("tr_id", StringType()),
+                       StructField("cells", ArrayType(cells))])
+
+
+def read_records(spark: Any, paths: list[str], marker: str, list_limit: int) -> tuple[Any, dict[str, int]]:
+    """Checked records (DataFrame of record_schema) and the size of every file read."""
+    from pyspark.sql import functions as F
+
+    chunks = read_text(spark, paths, line_separator=marker)
+    files = {r.file: r.file_size for r in chunks.select("file", "file_size").distinct().collect()}
+    newlines = F.length("value") - F.length(F.regexp_replace("value", "\n", ""))
+    chunks = with_line_numbers(chunks, newlines)
+    if not files:
+        raise InputFormatError(f"{', '.join(paths)}: no transfer records found")
+    ends = file_tails(spark, files, len(marker.encode()))
+    open_ended = [f for f, tail in ends.items() if tail != marker.encode()]
+    last = chunks.groupBy("file").agg(F.max(F.struct("split", "id")).alias("_last"))
+    chunks = chunks.join(F.broadcast(last), "file").withColumn(
+        "tail", F.col("file").isin(open_ended) & (F.struct("split", "id") == F.col("_last")))
+    rows = chunks.select("value", "file", "line", "tail").rdd.mapPartitions(
+        lambda part: record_rows(part, marker, list_limit))
+    return spark.createDataFrame(rows, record_schema()).persist(), files
+
+
+def report_bad(records: Any, files: dict[str, int]) -> list[BadRecord]:
+    """Warn per file about skipped records; no good record in a file raises (as records.read_transfer_log)."""
+    from pyspark.sql import functions as F
+
+    counts = {r.file: (r.good, r.bad) for r in records.groupBy("file").agg(
+        F.count(F.when(F.col("reason").isNull(), 1)).alias("good"), F.count("reason").alias("bad")).collect()}
+    first_bad = (records.filter(F.col("reason").isNotNull()).select("file", "line", "reason")
+                 .orderBy("file", "line").limit(SHOW_BAD * len(files)).collect())
+    listed = []
+    for file in sorted(files):
+        good, bad = counts.get(file, (0, 0))
+        mine = [BadRecord(r.line, r.reason) for r in first_bad if r.file == file]
+        if good == 0:
+            raise InputFormatError(f"{local_path(file)}: no good records" + (f"; {bad_summary(local_path(file), mine, bad)}"
+                                                                             if bad else ""))
+        if bad:
+            log.warning(bad_summary(local_path(file), mine, bad))
+        listed += mine
+    return listed
+
+
+def wide_table(records: Any) -> tuple[Any, list[str], dict[str, str]]:
+    """One row per good record (file, line, tr_id, then a column per flattened name) and the column kinds."""
+    from pyspark.sql import functions as F
+
+    good = records.filter(F.col("reason").isNull())
+    cells = good.select("file", "line", "tr_id", F.explode("cells").alias("c")).select("file", "line", "tr_id", "c.*")
+    decided = cells.groupBy("name").agg(F.min(F.col("converts").cast("int")).alias("numeric"),
+                                        F.max(F.col("hashed").cast("int")).alias("hashed")).collect()
+    names = sorted(r.name for r in decided)
+    numeric = {r.name for r in decided if r.numeric == 1}
+    kinds = {r.name: "number" if r.name in numeric or not r.hashed else "text" for r in decided}
+    index = {name: i for i, name in enumerate(names)}
+    choice = records.sparkSession.createDataFrame([(n, index[n], n in numeric) for n in names],
+                                                  "name string, col int, numeric boolean")
+    value = F.when(F.col("numeric"), F.col("number")).otherwise(F.col("mixed"))
+    cells = cells.join(F.broadcast(choice), "name").withColumn("value", value)
+    wide = cells.groupBy("file", "line", "tr_id").pivot("col", list(range(len(names)))).agg(F.first("value"))
+    return wide.select("file", "line", "tr_id", *(F.col(f"`{i}`").alias(f"c{i}") for i in range(len(names)))), names, kinds
+
+
+def flatten_logs_spark(inputs: str | list[str], out: str | Path, settings: SparkSettings, marker: str = MARKER,
+                       list_limit: int = 2) -> tuple[TransferLog, FlatTable]:
+    """The good records of all inputs, flattened by Spark into `out` (Parquet, replaced atomically) and read back:
+    a TransferLog (records carry only tr_id; lines, bad records, bytes) and the FlatTable of records.flatten_records."""
+    paths, skipped = readable_inputs([inputs] if isinstance(inputs, str) else [str(p) for p in inputs], "transfer log")
+    for reason in skipped:
+        log.warning("%s; skipped", reason)
+    if not paths:
+        raise InputFormatError("; ".join(skipped))
+    name = ", ".join(paths)
+    spark = spark_session(settings)
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial")
+    with spark_errors(name, "reading and checking the transfer records"):
+        records, files = read_records(spark, paths, marker, list_limit)
+        bad = report_bad(records, files)
+    with spark_errors(name, "flattening the transfer records"):
+        wide, names, kinds = wide_table(records)
+        wide.orderBy("file", "line").write.mode("overwrite").parquet(str(partial))
+    records.unpersist()
+    (partial / KINDS).write_text(json.dumps({"names": names, "kinds": kinds}))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    table, ids, lines = read_flat_table(out)
+    source = name if len(paths) > 1 else local_path(paths[0])
+    transfer_log = TransferLog([{"tr_id": i} for i in ids], bad, source, int(sum(files.values())), lines)
+    return transfer_log, table
+
+
+def read_flat_table(path: Path) -> tuple[FlatTable, list[str], list[int]]:
+    """The FlatTable, record ids and start lines of a table written by :func:`flatten_logs_spark`."""
+    import pyarrow.parquet as pq
+
+    meta = json.loads((path / KINDS).read_text())
+    data = pq.read_table(path).to_pydict()
+    n = len(data["line"])
+    columns = {name: np.array([np.nan if v is None else v for v in data[f"c{i}"]], dtype=np.float64)
+               for i, name in enumerate(meta["names"])}
+    return FlatTable(columns, dict(meta["kinds"]), n), list(data["tr_id"]), [int(v) for v in data["line"]]
