@@ -8,7 +8,7 @@ Simulated events (half jpsi, half qcd, as `cmsdl simulate` writes them) in two R
 - encode: the PNG writer (cmsdl.features.images.png) per event vs per chunk, asserted to give the same bytes,
   which Pillow decodes back to the images;
 - end to end: `hits2png(cfg)` in this process (plan, read, render, encode, atomic writes, parts, manifest) with
-  `threads=0` and with the configured `threads`, then `workers` processes; every image it writes is asserted
+  `threads=0` and with `--threads`, then `--workers` processes; every image it writes is asserted
   bit-identical to the PNG of the vectorised stage.
 The limit of the end-to-end figure is reading plus encoding alone (events / (read time + encode time)); the goal is
 half of it. One table with ratios and goals; the load average before and after (a shared machine: say so).
@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--projection", default="xy,rz")
     parser.add_argument("--step-size", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5, help="timed turns of every stage; the best is kept")
-    parser.add_argument("--threads", type=int, default=2, help="hits2png's threads for the end-to-end rows")
+    parser.add_argument("--threads", type=int, default=1, help="hits2png's threads for the second end-to-end row")
     parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
                         help="hits2png worker counts to compare, the first is the reference (default: 1 and the CPUs)")
     parser.add_argument("--encoders", action="store_true",

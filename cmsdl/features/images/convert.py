@@ -207,7 +207,7 @@ def build_settings(cfg: Any) -> Settings:
     labels = Labels(files_map, mapping.label_branch, tuple(cfg.labels.get("classes") or ()))
     if int(cfg.step_size) < 1:
         raise ConfigError(f"step_size: expected a positive number of entries, got {cfg.step_size}")
-    threads = int(cfg.get("threads", 2))
+    threads = int(cfg.get("threads", 0))
     if threads < 0:
         raise ConfigError(f"threads: expected 0 (encode in the rendering thread) or more, got {threads}")
     return Settings(str(cfg.out), mapping, spec, labels, int(cfg.step_size), int(cfg.compress_level),

@@ -76,7 +76,7 @@ class Settings:
     compress_level: int
     timeout_s: float = 30
     retries: int = 3
-    threads: int = 2
+    threads: int = 0
 
 
 @dataclass
