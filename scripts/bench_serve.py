@@ -94,7 +94,7 @@ def free_port() -> int:
 
 
 def start_service(models: Path, setting: str, log: Path) -> tuple[subprocess.Popen, int]:
-    """`cmsdl serve` with `setting` (space-separated overrides), once it answers /v2/health/ready."""
+    """`cmsdl serve` with `setting` (space-separated overrides), once it answers /ready."""
     port = free_port()
     command = [sys.executable, "-m", "cmsdl.cli", "serve", f"models={models}", f"port={port}", "read_only=true",
                "log_level=warning", *setting.split()]
@@ -106,7 +106,7 @@ def start_service(models: Path, setting: str, log: Path) -> tuple[subprocess.Pop
             raise SystemExit(f"cmsdl serve {setting} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/v2/health/ready")
+            connection.request("GET", "/ready")
             if connection.getresponse().status == 200:
                 return proc, port
         except OSError:
