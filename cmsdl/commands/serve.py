@@ -1,4 +1,5 @@
-"""`cmsdl serve`: REST service for a directory of ONNX models."""
+"""`cmsdl serve`: the REST and Open Inference Protocol (KServe V2) service for a directory of ONNX models and Triton
+repository folders (docs/serving.md)."""
 
 from __future__ import annotations
 
