@@ -154,6 +154,24 @@ def test_a_broken_config_pbtxt_is_reported_by_path_and_its_model_skipped(service
     assert service.call("GET", "/v2/models/broken")[0] == 404
 
 
+def test_a_repository_written_by_the_triton_exporter_is_served_as_it_is(tmp_path: Path) -> None:
+    """`cmsdl export format=triton` writes the folder (dims without the batch axis, dynamic_batching, ...)."""
+    from cmsdl.export.triton import repository_model, triton_settings, write_repository_version
+
+    first, second = toy_onnx.top_model(), toy_onnx.model_bytes(toy_onnx.softmax_graph(45, 2, seed=7),
+                                                                toy_onnx.tabular_contract(FEATURES, ["b", "t"]))
+    for content in (first, second):
+        write_repository_version(repository_model(str(tmp_path), "exported"), Predictor(content).contract,
+                                 triton_settings({}), content, {}, lambda report: json.dumps(report).encode())
+    x = np.random.default_rng(5).normal(size=(3, 45)).astype(np.float32)
+    with running(tmp_path) as service:
+        client = triton.InferenceServerClient(service.base.removeprefix("http://"))
+        assert client.get_model_metadata("exported")["versions"] == ["2"]
+        assert service.call("GET", "/ready")[1]["invalid_files"] == {}
+        np.testing.assert_array_equal(infer(client, "exported", "features", x, "FP32", True),
+                                      Predictor(second).run(x).outputs)
+
+
 def v2_body(name: str = "features", datatype: str = "FP32", shape: list | None = None, data: object = None,
             **extra: object) -> bytes:
     tensor = {"name": name, "datatype": datatype, "shape": [1, 45] if shape is None else shape,
