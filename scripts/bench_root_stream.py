@@ -127,10 +127,12 @@ def epoch(dm: RootTableDataModule) -> int:
     return sum(len(batch[0]) for batch in dm.train_dataloader())
 
 
-def timed(action: Callable[[], int]) -> tuple[float, int]:
-    """Wall time of `action()` and what it returned."""
-    start = time.perf_counter()
+def timed(action: Callable[[], int], cpu: list[float] | None = None) -> tuple[float, int]:
+    """Wall time of `action()` and what it returned (its CPU seconds, all threads, appended to `cpu`)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = action()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start, result
 
 
@@ -140,12 +142,12 @@ def compare(name: str, entries: int, dm: RootTableDataModule, raw: Callable[[], 
     start = time.perf_counter()
     dm.setup()
     setup_s = time.perf_counter() - start
-    raw_times, epoch_times, rows = [], [], 0
+    raw_times, epoch_times, raw_cpu, epoch_cpu, rows = [], [], [], [], 0
     expected_rows = int(dm.rows_per_unit[:, 0].sum())
     for _ in range(repeats):
-        seconds, raw_rows = timed(raw)
+        seconds, raw_rows = timed(raw, raw_cpu)
         raw_times.append(seconds)
-        seconds, rows = timed(lambda: epoch(dm))
+        seconds, rows = timed(lambda: epoch(dm), epoch_cpu)
         epoch_times.append(seconds)
         if raw_rows != expected_raw(name, entries, dm) or rows != expected_rows:
             raise SystemExit(f"{name}: raw read {raw_rows:,} rows, DataModule epoch {rows:,} training rows; expected "
@@ -153,7 +155,8 @@ def compare(name: str, entries: int, dm: RootTableDataModule, raw: Callable[[], 
     raw_s, epoch_s = min(raw_times), min(epoch_times)
     return {"source": name, "setup_s": setup_s, "raw_s": raw_s, "epoch_s": epoch_s,
             "raw_events_per_s": entries / raw_s, "dm_events_per_s": entries / epoch_s,
-            "train_rows": rows, "train_rows_per_s": rows / epoch_s, "ratio": raw_s / epoch_s}
+            "train_rows": rows, "train_rows_per_s": rows / epoch_s, "ratio": raw_s / epoch_s,
+            "raw_cpu_s": min(raw_cpu), "epoch_cpu_s": min(epoch_cpu), "cpu_ratio": min(raw_cpu) / min(epoch_cpu)}
 
 
 def expected_raw(name: str, entries: int, dm: RootTableDataModule) -> int:
@@ -242,11 +245,12 @@ def start_server(base: Path) -> Any:
 
 def print_table(figures: list[dict[str, Any]]) -> None:
     """The rates of every source and their ratios."""
-    print("source            | setup s | raw s | epoch s | raw events/s | DataModule events/s | train rows/s | ratio")
+    print("source            | setup s | raw s | epoch s | raw events/s | DataModule events/s | train rows/s | ratio "
+          "| CPU s raw / epoch | CPU ratio")
     for f in figures:
         print(f"{f['source']:17} | {f['setup_s']:7.2f} | {f['raw_s']:5.2f} | {f['epoch_s']:7.2f} | "
               f"{f['raw_events_per_s']:12,.0f} | {f['dm_events_per_s']:19,.0f} | {f['train_rows_per_s']:12,.0f} | "
-              f"{f['ratio']:5.2f}")
+              f"{f['ratio']:5.2f} | {f['raw_cpu_s']:7.2f} / {f['epoch_cpu_s']:5.2f} | {f['cpu_ratio']:9.2f}")
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
     for f in figures:
