@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import cmsdl
@@ -99,3 +103,76 @@ class CheckpointOnSigterm(pl.Callback):
                 log.warning("SIGTERM at epoch %d, step %d: saved %s; the same command with resume=true continues "
                             "from it", trainer.current_epoch, trainer.global_step, self.path)
             raise SIGTERMException()
+
+
+class EpochLine(pl.Callback):
+    """One log line per training epoch: `epoch 3/20  train/loss=0.6812  val/loss=0.6757 ...  (1.2 s)`, with the
+    metrics named in `metrics` (all logged ones when empty).
+
+    The line of an epoch is written when the next one starts (or training ends): the model logs its training
+    metrics in its own on_train_epoch_end, which Lightning calls after the callbacks'.
+    """
+
+    def __init__(self, metrics: list[str] | None = None) -> None:
+        self.metrics = list(metrics or [])
+        self.started = time.monotonic()
+        self.ended: tuple[int, float] | None = None  # (epoch, seconds) of the epoch whose line is due
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_due_line(trainer)
+        self.started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ended = (trainer.current_epoch, time.monotonic() - self.started)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_due_line(trainer)
+
+    def _write_due_line(self, trainer: pl.Trainer) -> None:
+        if self.ended is not None and trainer.is_global_zero:
+            log.info("%s", epoch_line(self.ended[0], trainer.max_epochs, trainer.callback_metrics, self.metrics,
+                                      self.ended[1]))
+        self.ended = None
+
+
+def epoch_line(epoch: int, max_epochs: int | None, metrics: dict[str, Any], chosen: list[str],
+               seconds: float) -> str:
+    """`epoch <n>/<max>  key=value ...  (<s> s)`, 1-based; the chosen metrics in their order, else all by name."""
+    names = [k for k in chosen if k in metrics] if chosen else sorted(k for k in metrics if k != "epoch")
+    values = [f"{k}={float(metrics[k]):.4g}" for k in names if getattr(metrics[k], "numel", lambda: 1)() == 1]
+    total = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
+    return "  ".join([f"epoch {epoch + 1}{total}", *values, f"({seconds:.1f} s)"])
+
+
+def estimated_batches(datamodule: Any, split: str, world_size: int = 1) -> int | None:
+    """Batches per rank of a streamed split, from the rows the data counted while scanning (a ROOT table's
+    rows_per_unit); None where the data does not know its rows."""
+    from cmsdl.data.base import SPLITS
+
+    rows = getattr(datamodule, "rows_per_unit", None)
+    batch_size = getattr(datamodule, "batch_size" if split == "train" else "eval_batch_size", None)
+    if rows is None or not batch_size or split not in SPLITS:
+        return None
+    total = int(rows[:, SPLITS.index(split)].sum())
+    return math.ceil(total / world_size / batch_size) if total > 0 else None
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, with a total for streamed data (a ROOT table) where the data counted its rows."""
+
+    def _estimate(self, total: int | float, split: str) -> int | float:
+        if math.isfinite(total) or self.trainer.datamodule is None:
+            return total
+        return estimated_batches(self.trainer.datamodule, split, self.trainer.world_size) or total
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self._estimate(super().total_train_batches, "train")
+
+    @property
+    def total_val_batches_current_dataloader(self) -> int | float:
+        return self._estimate(super().total_val_batches_current_dataloader, "val")
+
+    @property
+    def total_test_batches_current_dataloader(self) -> int | float:
+        return self._estimate(super().total_test_batches_current_dataloader, "test")

@@ -33,8 +33,13 @@ def test_unknown_command_suggests_the_closest(tmp_path: Path) -> None:
 
 
 def test_train_then_eval_write_every_artefact(tmp_path: Path, workflows_file: Path) -> None:
-    run_cmsdl(*train_args(workflows_file, tmp_path / "logs", "trainer.max_epochs=6"), cwd=tmp_path)
+    trained = run_cmsdl(*train_args(workflows_file, tmp_path / "logs", "trainer.max_epochs=6"), cwd=tmp_path)
     run_dir = only_run_dir(tmp_path / "logs")
+    terminal = trained.stdout + trained.stderr
+    assert [line.split(" - ", 1)[1].split()[:2] for line in terminal.splitlines() if "] - epoch " in line] == \
+        [["epoch", f"{n}/6"] for n in range(1, 7)], "one line per epoch"
+    assert "Total params" not in terminal and "network:" not in terminal and "Tip" not in terminal
+    assert "Total params" in (run_dir / "train.log").read_text(), "the layer table is in the log file"
     for name in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.ckpt",
                  "csv/metrics.csv", "metrics.json", "train.log"):
         assert (run_dir / name).is_file(), name
