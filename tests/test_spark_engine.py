@@ -7,6 +7,7 @@ shuffle partitions; the others check settings, the Java check and the error line
 from __future__ import annotations
 
 import ast
+import importlib.util
 import csv
 import json
 from pathlib import Path
@@ -28,6 +29,18 @@ from cmsdl.sim.transfers import simulate_transfers, write_log
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = SparkSettings(master="local[2]", app_name="cmsdl-tests", shuffle_partitions=2)
 SPARK_BLOCK = {"master": "local[2]", "app_name": "cmsdl-tests", "shuffle_partitions": 2}
+
+
+def spark_missing() -> str:
+    """Why Spark cannot start here ('' when it can): like the root:// tests without xrootd, these are skipped."""
+    try:
+        check_java()
+    except ConfigError as err:
+        return str(err)
+    return "" if importlib.util.find_spec("pyspark") else "pyspark is not installed (pip install 'cmsdl[spark]')"
+
+
+needs_spark = pytest.mark.skipif(bool(spark_missing()), reason=spark_missing() or "Spark available")
 
 
 def test_engine_and_spark_settings_are_checked() -> None:
@@ -108,6 +121,7 @@ def assert_same_samples(spark_samples, local_samples) -> None:
 
 
 @pytest.mark.slow
+@needs_spark
 def test_popularity_samples_and_bad_rows_equal_the_local_engine(popularity_file: Path, tmp_path: Path) -> None:
     from cmsdl.features.popularity.spark import build_samples_spark
 
@@ -126,6 +140,7 @@ def test_popularity_samples_and_bad_rows_equal_the_local_engine(popularity_file:
 
 
 @pytest.mark.slow
+@needs_spark
 def test_popularity_from_two_files_and_an_unreadable_one(popularity_file: Path, tmp_path: Path) -> None:
     """Records split over files give the samples of one file; a missing input is reported and skipped."""
     lines = popularity_file.read_text(encoding="utf-8-sig").splitlines()[:-1]
@@ -143,6 +158,7 @@ def test_popularity_from_two_files_and_an_unreadable_one(popularity_file: Path, 
 
 
 @pytest.mark.slow
+@needs_spark
 def test_spark_job_failure_is_one_line_naming_input_and_stage(tmp_path: Path) -> None:
     from cmsdl.features.popularity.spark import build_samples_spark
 
@@ -160,6 +176,7 @@ def test_spark_job_failure_is_one_line_naming_input_and_stage(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@needs_spark
 def test_rolling_windows_give_the_same_auc_per_week_with_both_engines(popularity_file: Path, tmp_path: Path) -> None:
     from cmsdl.config import compose_run_config
     from cmsdl.tools.popularity import rolling_popularity
@@ -200,6 +217,7 @@ def transfer_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@needs_spark
 def test_transfer_table_equals_the_local_flattening(transfer_log: Path, tmp_path: Path) -> None:
     from cmsdl.features.transfers.spark import flatten_logs_spark
 
@@ -218,6 +236,7 @@ def test_transfer_table_equals_the_local_flattening(transfer_log: Path, tmp_path
 
 
 @pytest.mark.slow
+@needs_spark
 def test_transfer_features_equal_the_local_engine(transfer_log: Path, tmp_path: Path) -> None:
     """Loaded, fitted (leaking, identifier, static columns dropped; correlated pairs) and transformed alike."""
     local, spark = TransferSource(str(transfer_log)), TransferSource(str(transfer_log), engine="spark",
@@ -228,3 +247,29 @@ def test_transfer_features_equal_the_local_engine(transfer_log: Path, tmp_path: 
     spark.fit(spark_rows[:150])
     assert spark.features.report == local.features.report and spark.feature_names == local.feature_names
     np.testing.assert_allclose(spark.transform(spark_rows), local.transform(local_rows), rtol=1e-6)
+
+
+def test_mllib_baseline_refuses_an_unknown_kind() -> None:
+    from cmsdl.tools.spark_mllib import SparkClassifier
+
+    with pytest.raises(ConfigError, match="kind 'svm' is not an MLlib classifier here"):
+        SparkClassifier(kind="svm")
+    SparkClassifier(kind="gradient_boosted_trees")          # building one starts no Spark (the config check does)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_mllib_baselines_fit_and_score_like_scikit_learn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from cmsdl.tools.spark_mllib import SparkClassifier
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+    for kind, params in (("random_forest", {"numTrees": 10, "maxDepth": 4}), ("decision_tree", {"maxDepth": 4}),
+                         ("gradient_boosted_trees", {"maxIter": 10})):
+        model = SparkClassifier(kind, params, seed=1, spark=SPARK_BLOCK).fit(x[:200], y[:200])
+        probs = model.predict_proba(x[200:])
+        assert probs.shape == (100, 2) and np.allclose(probs.sum(axis=1), 1.0)
+        assert roc_auc_score(y[200:], probs[:, 1]) > 0.85, kind
