@@ -1,4 +1,7 @@
-"""The `cmsdl` command: `cmsdl <subcommand> [key=value ...]`; each subcommand is a Hydra app."""
+"""The `cmsdl` command: `cmsdl <subcommand> [key=value ...]`; each subcommand is a Hydra app.
+
+`--help`, shell completion and the check for a missing extra are answered here, before a command module loads, so
+they never wait for torch (tests/test_cli_speed.py)."""
 
 from __future__ import annotations
 
@@ -98,7 +101,7 @@ def print_command_help(command: str, args: list[str]) -> int:
 def run_app(command: str, argv: list[str], program: str | None = None) -> None:
     """Run the Hydra app of `command` with `argv` as its command line (`program`: the name Hydra sees, which its
     completion scripts call back)."""
-    app = importlib.import_module(f"cmsdl.commands.{COMMANDS[command][0]}").main
+    app = importlib.import_module(f"cmsdl.commands.{config_name(command)}").main
     sys.argv = [program or f"cmsdl-{command}", *argv]
     app()
 
