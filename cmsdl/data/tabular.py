@@ -11,14 +11,15 @@ replacement so that each class is drawn equally often (as many rows per epoch as
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cmsdl.data.base import CmsdlDataModule, check_split_fractions
 from cmsdl.errors import ConfigError, InputFormatError
@@ -51,11 +52,34 @@ class BatchTensors(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, rows: torch.Tensor | list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(rows)
         if self.weights is None:
             return self.features[index], self.labels[index]
         return self.features[index], self.labels[index], self.weights[index]
+
+
+class IndexBatches(Sampler[torch.Tensor]):
+    """Each batch's row numbers as one tensor, from one draw of `order` per epoch (sequential without it): a
+    BatchSampler's lists of ints cost about 60 µs more per batch, 2% of a small MLP's step."""
+
+    def __init__(self, n: int, batch_size: int, order: Callable[[], torch.Tensor] | None = None) -> None:
+        self.n, self.batch_size, self.order = n, batch_size, order
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        rows = self.order() if self.order is not None else torch.arange(self.n)
+        return iter(rows.split(self.batch_size))
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+def shuffled_rows(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of n rows drawn as RandomSampler draws it (it draws a second, unused one per pass), so that a
+    seed shuffles the epochs as it did with RandomSampler."""
+    rows = torch.randperm(n, generator=generator)
+    torch.randperm(n, generator=generator)
+    return rows
 
 
 def class_weights(labels: np.ndarray) -> np.ndarray:
@@ -203,10 +227,9 @@ class TabularDataModule(CmsdlDataModule, pl.LightningDataModule):
         data = self.splits[name]
         if shuffle:
             data = self._training_data(data)
-            order = self._training_order(data)
-            batches = BatchSampler(order, self.batch_size, drop_last=False)
+            batches = IndexBatches(len(data), self.batch_size, self._training_order(data))
         else:
-            batches = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+            batches = IndexBatches(len(data), self.eval_batch_size)
         return DataLoader(
             data,
             sampler=batches,
@@ -223,13 +246,14 @@ class TabularDataModule(CmsdlDataModule, pl.LightningDataModule):
         weights = torch.from_numpy(class_weights(data.labels.numpy()).astype(np.float32))
         return BatchTensors(data.features, data.labels, weights)
 
-    def _training_order(self, data: BatchTensors) -> RandomSampler | WeightedRandomSampler:
-        """Shuffled rows; with balance=oversample, rows drawn with replacement so every class is equally likely."""
+    def _training_order(self, data: BatchTensors) -> Callable[[], torch.Tensor]:
+        """Each epoch's rows: shuffled; with balance=oversample, drawn with replacement so every class is equally
+        likely (the draws of RandomSampler and WeightedRandomSampler with the same generator)."""
         generator = torch.Generator().manual_seed(self.seed)
         if self.balance != "oversample":
-            return RandomSampler(data, generator=generator)
+            return partial(shuffled_rows, len(data), generator)
         draw = torch.from_numpy(class_weights(data.labels.numpy()))
-        return WeightedRandomSampler(draw, num_samples=len(data), replacement=True, generator=generator)
+        return partial(torch.multinomial, draw, len(data), True, generator=generator)
 
     def preprocessing(self) -> dict[str, Any]:
         """Everything needed to turn raw records into model input: the fitted source and the scaling."""
