@@ -21,6 +21,7 @@ from cmsdl.checkpoint import load_checkpoint, restore
 from cmsdl.data.base import SPLITS
 from cmsdl.errors import ConfigError
 from cmsdl.io import write_json
+from cmsdl.loggers import attach_to_tracked_run
 from cmsdl.report import pyplot, save_figure, seed_table_cells, write_regression_report, write_report
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     batches = trainer.predict(model, dataloaders=datamodule.split_loader(cfg.split))
     out_dir = Path(cfg.paths.output_dir)
     ids = datamodule.split_ids(cfg.split)
+    run_dir = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent.parent
     if datamodule.task == "regression":
         predictions = torch.cat([b["predictions"] for b in batches]).float().numpy()
         targets = torch.cat([b["targets"] for b in batches]).float().numpy()
         metrics = write_regression_report(out_dir, predictions, targets, datamodule.class_names, ids)
         log.info("%s split: n=%d MAE=%.4g RMSE=%.4g R2=%.4f; report in %s",
                  cfg.split, metrics["n"], metrics["mae"], metrics["rmse"], metrics["r2"], out_dir)
+        attach_to_tracked_run(run_dir, out_dir, f"eval/{out_dir.name}")
         return metrics
     probs = torch.cat([b["probs"] for b in batches]).float().numpy()
     labels = torch.cat([b["labels"] for b in batches]).numpy()
     weights = torch.cat([b["weights"] for b in batches]).float().numpy() if "weights" in batches[0] else None
-    run_dir = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent.parent
     metrics = write_report(out_dir, probs, labels, datamodule.class_names, ids, weights=weights,
                            signal=cfg.get("signal"), title=f"run {run_dir.name}, {cfg.split} split",
                            training_log=run_dir / "csv" / "metrics.csv")
@@ -64,6 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_json(out_dir / "metrics.json", metrics)
         print(f"overtraining check (KS test of train vs {cfg.split} scores, per true class): " + ", ".join(
             f"{name} p={ks['p_value']:.3g}" for name, ks in metrics["overtraining_ks"].items()))
+    attach_to_tracked_run(run_dir, out_dir, f"eval/{out_dir.name}")  # logger=mlflow: the plots join the run
     return metrics
 
 

@@ -132,6 +132,19 @@ def local_artifact_location(tracking_uri: str, experiment_name: str) -> str | No
     return str(Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment_name)
 
 
+def keeping_environment_uri(call: Any) -> Any:
+    """call(), undoing what mlflow.set_tracking_uri does to MLFLOW_TRACKING_URI in os.environ (it exports the URI to
+    child processes): a later run in this process or its children must not take this run's store for the user's."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        return call()
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """A nested config as {'model.optimizer.lr': '0.001', ...}; lists stay one value."""
     flat: dict[str, str] = {}
@@ -190,7 +203,7 @@ class TrackedMLFlowLogger(MLFlowLogger):
                         self._run_id, self._tracking_uri)
             self._run_id = None
         continued = self._run_id is not None
-        client = super().experiment
+        client = keeping_environment_uri(lambda: MLFlowLogger.experiment.fget(self))
         if continued:
             client.update_run(self._run_id, status="RUNNING")
             log.info("MLflow: continuing run %s in %s", self._run_id, self._tracking_uri)

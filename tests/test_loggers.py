@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,11 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.slow
-def test_resumed_mlflow_run_is_the_same_run_with_its_whole_history(tmp_path: Path, mlflow_store: str) -> None:
+def test_resumed_mlflow_run_is_the_same_run_with_its_whole_history(tmp_path: Path, mlflow_store: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     run_dir = tmp_path / "runs" / "r1"
     config = {"model": {"optimizer": {"lr": 0.001}}, "seed": 1}
@@ -61,6 +65,7 @@ def test_resumed_mlflow_run_is_the_same_run_with_its_whole_history(tmp_path: Pat
         first.log_metrics({"epoch": epoch, "val/loss": 1.0 - epoch / 10}, step=10 * epoch)
     first.finalize("failed")
     assert json.loads((run_dir / MLFLOW_RUN_FILE).read_text())["run_id"] == first.run_id
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "a run's store is not exported to later runs and subprocesses"
 
     resumed = TrackedMLFlowLogger(run_dir, experiment_name="resume-test", tracking_uri=mlflow_store)
     resumed.log_params(config | {"seed": 2})  # a param cannot change: the run keeps what it started with
@@ -115,6 +120,10 @@ def test_train_with_every_logger_then_resume_continues_the_same_mlflow_run(tmp_p
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0, 1, 2, 3]
     assert {"config.yaml", "metrics.json", "training_curves.png"} <= {a.path for a in
                                                                       client.list_artifacts(run.info.run_id)}
+
+    run_cmsdl("eval", f"ckpt={run_dir}", f"paths.log_dir={tmp_path / 'logs'}", "run_name=e1", cwd=tmp_path)
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "eval/e1")}
+    assert {"eval/e1/roc.png", "eval/e1/metrics.json"} <= evaluation, "cmsdl eval adds its report to the run"
 
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert len(events.Scalars("val/loss")) >= 2
