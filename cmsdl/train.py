@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401  registers hydra/launcher=k8s (also under editable installs)
 from cmsdl.callbacks import CheckpointOnSigterm, RunContext
 from cmsdl.checkpoint import safe_types, verified
-from cmsdl.config import check_values, instantiate_group, instantiate_logged, to_plain
+from cmsdl.config import check_values, in_sweep, instantiate_group, instantiate_logged, to_plain
 from cmsdl.io import write_config, write_json
 from cmsdl.loggers import log_config, log_run_outputs
 from cmsdl.models.classifier import output_size
@@ -126,7 +126,9 @@ def experiment_choice() -> str | None:
 
 @rank_zero_only
 def print_next_steps(run_dir: Path, cfg: DictConfig) -> None:
-    """End a training with where it wrote and the commands that use it."""
+    """End a training with where it wrote and the commands that use it (a sweep point: its summary.csv does)."""
+    if in_sweep():
+        return
     try:
         shown = run_dir.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
