@@ -179,6 +179,7 @@ class TrackedMLFlowLogger(MLFlowLogger):
     def __init__(self, run_dir: str | Path, experiment_name: str | None = None, tracking_uri: str | None = None,
                  log_dir: str | Path = "logs", tags: Mapping[str, Any] | None = None,
                  artifact_location: str | None = None) -> None:
+        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # its records go to the run's log, not its handler
         uri = tracking_uri or default_tracking_uri(log_dir)
         tag_values = hydra_tags() | {k: str(v) for k, v in (tags or {}).items()}
         name = experiment_name or tag_values.get("experiment") or "cmsdl"

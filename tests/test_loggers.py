@@ -109,9 +109,11 @@ def test_train_with_every_logger_then_resume_continues_the_same_mlflow_run(tmp_p
 
     args = train_args(workflows_file, tmp_path / "logs", "logger=many", "run_name=r", "test=false",
                       "callbacks.early_stopping.patience=100")
-    run_cmsdl(*args, "trainer.max_epochs=2", cwd=tmp_path)
+    first = run_cmsdl(*args, "trainer.max_epochs=2", cwd=tmp_path)
     run_cmsdl(*args, "trainer.max_epochs=4", "resume=true", cwd=tmp_path)
     run_dir = tmp_path / "logs" / "train" / "runs" / "r"
+    assert "mlflow.store" not in first.stdout + first.stderr, "MLflow's own messages stay in the log file"
+    assert "mlflow.store" in (run_dir / "train.log").read_text()
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'logs' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("workflow_actions").experiment_id])
