@@ -297,6 +297,7 @@ def test_read_ahead_keeps_order_raises_errors_and_stops_early() -> None:
     """The background reader gives the items in order, raises the reader's own error, and stops (closing the reader)
     when the consumer stops."""
     import threading
+    import time
 
     from cmsdl.features.root_table.read import read_ahead
 
@@ -315,7 +316,16 @@ def test_read_ahead_keeps_order_raises_errors_and_stops_early() -> None:
     with pytest.raises(InputFormatError, match="cannot read unit 3"):
         list(read_ahead(units(fail_at=3)))
     closed.clear()
-    stream = read_ahead(units())
+    produced = []
+
+    def counted():
+        for i in units():
+            produced.append(i)
+            yield i
+
+    stream = read_ahead(counted())
     assert next(stream) == 0
+    time.sleep(0.3)
+    assert len(produced) <= 2  # the consumer's item and the next one: memory stays bounded by two units
     stream.close()
     assert closed.wait(5)

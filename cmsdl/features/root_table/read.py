@@ -307,25 +307,29 @@ def iterate_units(spec: FeatureSpec, units: list[ReadUnit]) -> Iterator[tuple[Re
             tree.file.close()
 
 
-def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """The items of `items`, produced by a background thread up to `depth` ahead of the consumer: decompression
-    (zlib, lz4, zstd) and numpy release the GIL, so reading the next unit overlaps with using this one. An error in
-    the thread is raised here; stopping early (close, garbage collection) stops the thread."""
-    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """The items of `items`, each produced by a background thread while the consumer uses the one before: decompression
+    (zlib, lz4, zstd) and numpy release the GIL, so reading the next unit overlaps with using this one. At most two
+    items are alive (the consumer's and the next). An error in the thread is raised here; stopping early (close,
+    garbage collection) stops the thread and closes `items`."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue()
+    may_produce = threading.Semaphore(1)  # released each time the consumer takes an item
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            while True:
+                while not may_produce.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
-            ready.put(("end", None))
+                try:
+                    item = next(items)
+                except StopIteration:
+                    ready.put(("end", None))
+                    return
+                ready.put(("item", item))
         except BaseException as err:  # handed to the consumer, which raises it
             ready.put(("error", err))
         finally:
@@ -342,14 +346,11 @@ def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
                 return
             if kind == "error":
                 raise value
+            may_produce.release()
             yield value
     finally:
         stop.set()
-        while thread.is_alive():
-            try:
-                ready.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+        thread.join()
 
 
 def features_from_records(state: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> np.ndarray:
