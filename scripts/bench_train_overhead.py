@@ -264,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="extra `cmsdl train` overrides, e.g. callbacks=none")
     args = parser.parse_args(argv)
     if args.small:
-        args.workflows, args.epochs, args.resnet_images, args.resnet_epochs, args.threads = 6000, 4, 200, 1, 1
+        args.workflows, args.epochs, args.resnet_images, args.resnet_epochs, args.threads = 20000, 3, 200, 1, 1
     return args
 
 
