@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cache-sim": ("cache_sim", "site cache simulation: LRU, OPT, PPC, PPC100, SDC hit-rate curves"),
     "simulate-transfers": ("simulate_transfers",
                            "write synthetic FTS-like transfer logs with latency classes (JSON records)"),
-    "k8s": ("k8s", "run training on Kubernetes: cmsdl k8s render|submit|status|logs|delete ..."),
+    "k8s": ("k8s", "train, or fan out hits2png/predict, on Kubernetes: cmsdl k8s render|submit|status|logs|delete"),
     "export": ("export", "checkpoint -> ONNX with embedded contract, after a parity check"),
     "predict": ("predict", "batch prediction with an exported model: files -> CSV/JSON"),
     "serve": ("serve", "REST service for a directory of ONNX models (TFaaS successor)"),

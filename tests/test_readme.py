@@ -118,7 +118,7 @@ def readme_script(commands: list[str]) -> tuple[str, list[tuple[str, str]]]:
             lines += [f"{run} > background.log 2>&1 & pids+=($!)",
                       f"for i in $(seq 1 180); do curl -sf {url} >/dev/null && break; sleep 1; done",
                       f"curl -sf {url} >/dev/null || {{ cat background.log; exit 1; }}"]
-        elif command.startswith("curl "):
+        elif command.startswith("curl ") and "|" not in command:  # a piped curl runs as written (pipefail)
             lines.append(f"{run} -sS -w '\\nhttp status %{{http_code}}\\n'")
         else:
             lines.append(run)
