@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # an extra package index for torch, e.g. https://download.pytorch.org/whl/cpu (CPU-only wheels: ~1.8 GB, not 6.5 GB)
 TORCH_INDEX ?=
 
-.PHONY: help install xrootd-server demo test test-slow test-all bench clean
+.PHONY: help install xrootd-server java demo test test-slow test-all bench clean
 
 help:
 	@echo "make demo       simulate workflows, train the seed's DNN, evaluate, cluster, print a summary"
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[dev]'
 	touch $@
 
-install: $(STAMP) xrootd-server
+install: $(STAMP) xrootd-server java
 
 # The root:// tests (tests/test_remote.py) run a real xrootd on loopback; they are skipped where it is missing.
 xrootd-server:
@@ -34,6 +34,14 @@ xrootd-server:
 	elif ! command -v apt-get >/dev/null 2>&1; then echo "xrootd-server: no apt-get, not installing it (root:// tests will be skipped)"; \
 	else echo "xrootd-server: installing with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xrootd-server; fi
+
+# engine=spark (pyspark 4) needs a Java runtime; the Spark tests are skipped where it is missing.
+java:
+	@if command -v java >/dev/null 2>&1; then echo "java: $$(command -v java) is installed"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "java: not root, not installing it (Spark tests will be skipped)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "java: no apt-get, not installing it (Spark tests will be skipped)"; \
+	else echo "java: installing openjdk-17-jre-headless with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; fi
 
 demo: install
 	$(BIN)/python scripts/demo.py
