@@ -238,7 +238,7 @@ def test_transfer_table_equals_the_local_flattening(transfer_log: Path, tmp_path
 @pytest.mark.slow
 @needs_spark
 def test_transfer_features_equal_the_local_engine(transfer_log: Path, tmp_path: Path) -> None:
-    """Loaded, fitted (leaking, identifier, static columns dropped; correlated pairs) and transformed alike."""
+    """Loaded, fitted (leaking, identifier, static columns dropped; correlated pairs: by Spark) and transformed alike."""
     local, spark = TransferSource(str(transfer_log)), TransferSource(str(transfer_log), engine="spark",
                                                                      spark=SPARK_BLOCK)
     (local_rows, local_y), (spark_rows, spark_y) = local.load(), spark.load()
@@ -246,6 +246,9 @@ def test_transfer_features_equal_the_local_engine(transfer_log: Path, tmp_path: 
     local.fit(local_rows[:150])
     spark.fit(spark_rows[:150])
     assert spark.features.report == local.features.report and spark.feature_names == local.feature_names
+    report = spark.features.report                          # static columns and correlated pairs found by Spark
+    assert {"vo", "fts_host", "version"} <= set(report["static"]) and report["correlated"]
+    assert spark.spark_table is not None and spark.spark_table.is_dir()
     np.testing.assert_allclose(spark.transform(spark_rows), local.transform(local_rows), rtol=1e-6)
 
 

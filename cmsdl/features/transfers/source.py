@@ -69,16 +69,26 @@ class TransferFeatures:
         self.columns: list[str] = []
         self.report: dict[str, Any] = {}
 
-    def fit(self, table: FlatTable, rows: np.ndarray) -> dict[str, Any]:
-        """Keep the columns that are neither leaking, identifiers, nor static on `rows`; report correlations."""
-        names = list(table.columns)
+    def split_names(self, names: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """Flattened column names as (leaking, identifiers, the rest)."""
         leaking = [c for c in names if any(fnmatch.fnmatch(c, p) for p in self.leaking)]
         ids = [c for c in names if c in self.identifiers and c not in leaking]
-        rest = [c for c in names if c not in leaking and c not in ids]
+        return leaking, ids, [c for c in names if c not in leaking and c not in ids]
+
+    def fit(self, table: FlatTable, rows: np.ndarray) -> dict[str, Any]:
+        """Keep the columns that are neither leaking, identifiers, nor static on `rows`; report correlations."""
+        leaking, ids, rest = self.split_names(list(table.columns))
         train = table.matrix(rest, self.placeholder)[rows]
         static = [c for j, c in enumerate(rest) if self.drop_static and np.ptp(train[:, j]) == 0] if len(rows) else []
         kept = [c for c in rest if c not in static]
         pairs = correlated_pairs(train[:, [rest.index(c) for c in kept]], kept, self.correlation)
+        return self.choose(table, leaking, ids, static, pairs)
+
+    def choose(self, table: FlatTable, leaking: list[str], ids: list[str], static: list[str],
+               pairs: list[tuple[str, str, float]]) -> dict[str, Any]:
+        """Set the kept columns and the report from the columns found leaking, identifying, static, correlated."""
+        names = list(table.columns)
+        kept = [c for c in names if c not in leaking and c not in ids and c not in static]
         dropped_corr = sorted({b for _, b, _ in pairs}) if self.drop_correlated else []
         self.columns = [c for c in kept if c not in dropped_corr]
         self.report = {"flattened_columns": len(names), "features": len(self.columns), "leaking": leaking,
@@ -145,6 +155,9 @@ class TransferSource:
         self.features = features or TransferFeatures()
         self.class_names = list(CLASSES) if target == "class" else [self._target_name()]
         self.table: FlatTable | None = None
+        self.spark_table: Path | None = None       # engine=spark: the Parquet table of self.table
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self.keys: list[tuple[Any, int]] = []      # (file, line) of each row of self.table
         self.log_bytes = 0
 
     def _target_name(self) -> str:
@@ -166,15 +179,15 @@ class TransferSource:
         from cmsdl.features.transfers.spark import flatten_logs_spark
 
         inputs = str(self.path) if isinstance(self.path, (str, Path)) else [str(p) for p in self.path]
-        if self.table_out:
-            return flatten_logs_spark(inputs, self.table_out, self.spark, self.marker, self.features.list_limit)
-        with tempfile.TemporaryDirectory(prefix="cmsdl-transfers-") as scratch:
-            return flatten_logs_spark(inputs, Path(scratch) / "flat.parquet", self.spark, self.marker,
-                                      self.features.list_limit)
+        if not self.table_out:  # a scratch table, kept while this source lives (fit reads it)
+            self._scratch = tempfile.TemporaryDirectory(prefix="cmsdl-transfers-")
+        self.spark_table = Path(self.table_out or Path(self._scratch.name) / "flat.parquet")
+        return flatten_logs_spark(inputs, self.spark_table, self.spark, self.marker, self.features.list_limit)
 
     def load(self) -> tuple[list[TransferRow], np.ndarray]:
         transfer_log, table = self._read_and_flatten()
         self.table = drop_beyond_float32(transfer_log, table)
+        self.keys = [(r.get("file"), line) for r, line in zip(transfer_log.records, transfer_log.lines)]
         if transfer_log.bad:
             log.warning(transfer_log.bad_summary())
         self.log_bytes = transfer_log.n_bytes
@@ -193,7 +206,15 @@ class TransferSource:
         return records, target.astype(np.float32)
 
     def fit(self, records: Sequence[TransferRow]) -> None:
-        report = self.features.fit(self._table(), np.array([r.row for r in records], dtype=np.int64))
+        """Fit the features on `records` (engine=spark: the column statistics come from Spark's table)."""
+        rows = np.array([r.row for r in records], dtype=np.int64)
+        if self.engine == "spark" and self.spark_table is not None:
+            from cmsdl.features.transfers.spark import fit_features_spark
+
+            report = fit_features_spark(self.features, self._table(), [self.keys[r] for r in rows],
+                                        self.spark_table, self.spark)
+        else:
+            report = self.features.fit(self._table(), rows)
         log.info("transfers: %s", describe_reduction(report, self.log_bytes))
 
     def transform(self, records: Sequence[TransferRow]) -> np.ndarray:

@@ -27,6 +27,7 @@ from cmsdl.errors import BadRecord, InputFormatError
 from cmsdl.features.spark_session import (SHOW_BAD, SparkSettings, bad_summary, file_tails, local_path, read_text,
                                           readable_inputs, spark_errors, spark_session, with_line_numbers)
 from cmsdl.features.transfers.records import MARKER, FlatTable, TransferLog, _as_float, check_record, flat_items, text_hash
+from cmsdl.features.transfers.source import TransferFeatures
 from cmsdl.io import loads_json
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,8 @@ def wide_table(records: Any) -> tuple[Any, list[str], dict[str, str]]:
 def flatten_logs_spark(inputs: str | list[str], out: str | Path, settings: SparkSettings, marker: str = MARKER,
                        list_limit: int = 2) -> tuple[TransferLog, FlatTable]:
     """The good records of all inputs, flattened by Spark into `out` (Parquet, replaced atomically) and read back:
-    a TransferLog (records carry only tr_id; lines, bad records, bytes) and the FlatTable of records.flatten_records."""
+    a TransferLog (records carry only tr_id and file; lines, bad records, bytes) and the FlatTable of
+    records.flatten_records."""
     paths, skipped = readable_inputs([inputs] if isinstance(inputs, str) else [str(p) for p in inputs], "transfer log")
     for reason in skipped:
         log.warning("%s; skipped", reason)
@@ -170,14 +172,15 @@ def flatten_logs_spark(inputs: str | list[str], out: str | Path, settings: Spark
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    table, ids, lines = read_flat_table(out)
+    table, ids, lines, origins = read_flat_table(out)
     source = name if len(paths) > 1 else local_path(paths[0])
-    transfer_log = TransferLog([{"tr_id": i} for i in ids], bad, source, int(sum(files.values())), lines)
+    transfer_log = TransferLog([{"tr_id": i, "file": f} for i, f in zip(ids, origins)], bad, source,
+                               int(sum(files.values())), lines)
     return transfer_log, table
 
 
-def read_flat_table(path: Path) -> tuple[FlatTable, list[str], list[int]]:
-    """The FlatTable, record ids and start lines of a table written by :func:`flatten_logs_spark`."""
+def read_flat_table(path: Path) -> tuple[FlatTable, list[str], list[int], list[str]]:
+    """The FlatTable, record ids, start lines and files of a table written by :func:`flatten_logs_spark`."""
     import pyarrow.parquet as pq
 
     meta = json.loads((path / KINDS).read_text())
@@ -185,4 +188,37 @@ def read_flat_table(path: Path) -> tuple[FlatTable, list[str], list[int]]:
     n = len(data["line"])
     columns = {name: np.array([np.nan if v is None else v for v in data[f"c{i}"]], dtype=np.float64)
                for i, name in enumerate(meta["names"])}
-    return FlatTable(columns, dict(meta["kinds"]), n), list(data["tr_id"]), [int(v) for v in data["line"]]
+    return FlatTable(columns, dict(meta["kinds"]), n), list(data["tr_id"]), [int(v) for v in data["line"]], list(data["file"])
+
+
+def fit_features_spark(features: TransferFeatures, table: FlatTable, keys: list[tuple[str, int]], path: Path,
+                       settings: SparkSettings) -> dict[str, Any]:
+    """features.fit on the training records `keys` (file, line), with the column statistics (static columns,
+    Pearson correlations of the others, missing values as the placeholder) computed by Spark on the table `path`."""
+    from pyspark.sql import functions as F
+
+    spark = spark_session(settings)
+    leaking, ids, rest = features.split_names(list(table.columns))
+    index = {name: i for i, name in enumerate(json.loads((path / KINDS).read_text())["names"])}
+    frame = spark.read.parquet(str(path)).join(spark.createDataFrame(keys, "file string, line long"), ["file", "line"])
+
+    def filled(name: str) -> Any:
+        column = F.col(f"c{index[name]}")
+        return F.when(column.isNull() | F.isnan(column), F.lit(float(features.placeholder))).otherwise(column)
+
+    train = frame.select(*(filled(name).alias(f"r{j}") for j, name in enumerate(rest)))
+    with spark_errors(str(path), "computing column statistics of the training records"):
+        stats = train.agg(*(F.min(f"r{j}") for j in range(len(rest))), *(F.max(f"r{j}") for j in range(len(rest))),
+                          *(F.stddev_pop(f"r{j}") for j in range(len(rest)))).first() if rest else []
+    n = len(rest)
+    static = [name for j, name in enumerate(rest) if features.drop_static and stats[j] == stats[n + j]] if keys else []
+    varying = [j for j, name in enumerate(rest) if name not in static and (stats[2 * n + j] or 0) > 0]
+    pairs: list[tuple[str, str, float]] = []
+    if len(keys) >= 3 and len([c for c in rest if c not in static]) >= 2 and len(varying) >= 2:
+        grid = [(a, b) for i, a in enumerate(varying) for b in varying[i + 1:]]
+        with spark_errors(str(path), "computing correlations of the training records"):
+            r = train.agg(*(F.corr(f"r{a}", f"r{b}") for a, b in grid)).first()
+        pairs = [(rest[a], rest[b], round(float(value), 3)) for (a, b), value in zip(grid, r)
+                 if value is not None and abs(value) >= features.correlation]
+        pairs.sort(key=lambda p: -abs(p[2]))
+    return features.choose(table, leaking, ids, static, pairs)
