@@ -15,7 +15,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "k8s": ("k8s", ("kubernetes",)),
     "tracking": ("tracking", ("mlflow", "tensorboard")),
     "spark": ("spark", ("pyspark",)),
-    "optuna": ("optuna", ("optuna", "hydra_plugins.hydra_optuna_sweeper")),
+    "optuna": ("optuna", ("optuna",)),
     "xgboost": ("xgboost", ("xgboost",)),
 }
 # subcommand → the extra it needs beyond the base install (predict, serve, hits2png and the simulators need none)

@@ -75,10 +75,13 @@ def _checkpoints(run_dir: Path, mode: str) -> list[Path]:
 
 
 def is_finished(run_dir: Path, mode: str = "RUN") -> bool:
-    """A run finished when it wrote metrics.json; a sweep when its summary.csv lists every point as finished."""
+    """A run finished when it wrote metrics.json; a sweep when its summary.csv lists every point as finished. An
+    Optuna search (study.json) never is: resume=true continues it, up to the n_trials of the command run again."""
     if mode == "MULTIRUN":
-        from cmsdl.sweeps import read_summary
+        from cmsdl.sweeps import STUDY_FILE, read_summary
 
+        if (run_dir / STUDY_FILE).is_file():
+            return False
         rows = read_summary(run_dir)
         return bool(rows) and all(row.get("status") == "finished" for row in rows)
     return all((ckpt.parent.parent / "metrics.json").is_file() for ckpt in _checkpoints(run_dir, mode))

@@ -26,6 +26,7 @@ from cmsdl.io import atomic_write, write_json
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.csv"
 ERROR_FILE = "error.json"  # a failed point: {"error": "<type>: <message>", "traceback": "..."}
+STUDY_FILE = "study.json"  # an Optuna search's study: {"study_name", "storage", "directions"} (cmsdl_optuna sweeper)
 POINT_FILE = "point.json"  # written by launchers that run points elsewhere (k8s): {"overrides": [...], "job": ...}
 FIXED_COLUMNS = ("point", "status", "overrides", "best_epoch")
 LAST_COLUMNS = ("error", "run_dir")
@@ -46,9 +47,10 @@ class SweepSummary(Callback):
     """Keeps a sweep going past a failed point and writes <sweep dir>/summary.csv at its end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Register hydra/launcher=k8s before the sweeper builds its launcher: Hydra's plugin scan misses the
-        plugins of an editable install, and `cmsdl train` imports its training code only inside the job."""
+        """Register hydra/launcher=k8s and hydra/sweeper=cmsdl_optuna before Hydra builds the sweeper: its plugin scan
+        misses the plugins of an editable install, and `cmsdl train` imports its training code only inside the job."""
         import hydra_plugins.cmsdl_k8s_launcher  # noqa: F401
+        import hydra_plugins.cmsdl_optuna_sweeper  # noqa: F401
 
         refuse_resuming_a_study_without_storage(config)
 
@@ -77,8 +79,8 @@ class SweepSummary(Callback):
 
 
 def refuse_resuming_a_study_without_storage(config: DictConfig) -> None:
-    """resume=true of an Optuna search whose study is kept in memory only: its trials would be asked anew and land
-    in the numbered directories of other trials, so the search is refused with one line."""
+    """resume=true of an Optuna search whose study is kept in memory only (hydra.sweeper.storage: null): its trials
+    would be asked anew and land in the numbered directories of other trials, so the search is refused with one line."""
     from cmsdl.runs import is_true
 
     sweeper = config.hydra.get("sweeper") or {}
@@ -91,7 +93,7 @@ def refuse_resuming_a_study_without_storage(config: DictConfig) -> None:
 def record_failure(job_return: JobReturn, point_dir: Path) -> None:
     """Note a failed point's error in <point dir>/error.json and hand the sweeper the error line as the point's
     result, so that the sweep goes on (the Optuna sweeper marks a trial whose result is not a number as failed and
-    goes on while failures stay within its max_failure_rate)."""
+    goes on)."""
     error = job_return._return_value  # reading .return_value would raise it
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     write_json(point_dir / ERROR_FILE, {"error": error_line(error), "traceback": trace})

@@ -85,6 +85,19 @@ def test_an_interrupted_sweep_is_found_for_resume_even_when_no_point_left_a_chec
     assert find_resumable_run(tmp_path, "MULTIRUN", ["experiment=y"]) is None
 
 
+def test_an_optuna_search_whose_trials_all_finished_is_still_found_for_resume(tmp_path: Path) -> None:
+    """A search with a study (study.json) is continued by resume=true, which may raise its n_trials."""
+    overrides = ["experiment=x", "hparams_search=workflow_optuna"]
+    search = tmp_path / "multiruns" / "search"
+    write_multirun_yaml(search, overrides)
+    make_point(search, 0, overrides, {"val/loss": 0.5})
+    write_summary(search)
+    assert is_finished(search, "MULTIRUN"), "without a study, an all-finished sweep is done"
+    (search / "study.json").write_text(json.dumps({"study_name": "search", "storage": str(search / "optuna.db")}))
+    assert not is_finished(search, "MULTIRUN")
+    assert find_resumable_run(tmp_path, "MULTIRUN", sorted(overrides)) == "search"
+
+
 @pytest.mark.slow
 def test_sweep_with_a_failing_point_writes_its_summary_and_resume_skips_finished_points(
         tmp_path: Path, workflows_file: Path) -> None:

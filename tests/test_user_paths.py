@@ -36,7 +36,7 @@ def test_readme_sweep_with_default_paths(workdir: Path) -> None:
 
 
 def test_readme_optuna_search_with_default_paths(workdir: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed")
+    pytest.importorskip("optuna", reason="optuna is not installed (the optuna extra)")
     run_cmsdl("train", "hparams_search=workflow_optuna", "experiment=workflow_actions", "hydra.sweeper.n_trials=2",
               *QUICK, cwd=workdir)
     [sweep] = list((workdir / "logs" / "train" / "multiruns").iterdir())
