@@ -38,6 +38,8 @@ SKIPPED: dict[str, str] = {
     r"^cmsdl serve models=models port=8083": "long-running; the serve section's block starts the service "
                                              "in the background",
     r"^cmsdl serve .*read_only=true": "a second, read-only service on the same port as the first",
+    r"engine=spark": "starts a JVM (minutes on 2 shared cores); tests/test_spark_engine.py runs the Spark path and "
+                     "checks its tables and AUCs against the local engine's",
 }
 # commands started in the background (long-running services) → the URL that answers once they are ready
 BACKGROUND: dict[str, str] = {r"^cmsdl serve models=models host=0\.0\.0\.0 port=8083": "http://127.0.0.1:8083/ready"}
