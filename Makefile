@@ -14,7 +14,7 @@ help:
 	@echo "make demo       simulate workflows, train the seed's DNN, evaluate, cluster, print a summary"
 	@echo "make test       install into $(VENV) and run the default (fast) test suite"
 	@echo "make test-slow  the longer end-to-end tests (marked slow)"
-	@echo "make bench      training-overhead benchmark: raw PyTorch loop vs cmsdl train"
+	@echo "make bench      every scripts/bench_*.py in its small configuration (<= 10 min on 2 cores), one table"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +55,7 @@ test-slow: install
 test-all: test test-slow
 
 bench: install
-	$(BIN)/python scripts/bench_train_overhead.py
+	$(BIN)/python scripts/bench_all.py
 
 clean:
 	rm -rf demo build dist *.egg-info .pytest_cache

@@ -14,6 +14,7 @@ The limit of the end-to-end figure is reading plus encoding alone (events / (rea
 half of it. One table with ratios and goals; the load average before and after (a shared machine: say so).
 
     python scripts/bench_hits2png.py --events 4000 --size 64 --projection xy,rz
+    python scripts/bench_hits2png.py --small    # scripts/bench_all.py: 2000 events, best of 3, workers 1 vs 2
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any
 import numpy as np
 import uproot
 from PIL import Image
+
+from bench_all import bench_line
 
 from cmsdl.config import compose_run_config
 from cmsdl.features.images.convert import hits2png
@@ -285,6 +288,20 @@ def report(f: dict[str, Any], args: argparse.Namespace) -> None:
         by_cpu = "" if cpu_ratio is None else f"{cpu_ratio:.2f}x"
         print(f"{stage:31s} {ref:20s} {ref_rate:8.0f}  {ours:20s} {our_rate:8.0f} {ratio:5.2f}x {by_cpu:>6s}  {goal}")
     print(f"ratio vectorised/loop (render): {f['ratio_render']:.1f}x; end to end / limit: {f['ratio_e2e_to_limit']:.2f}")
+    print_bench_lines(f, args)
+
+
+def print_bench_lines(f: dict[str, Any], args: argparse.Namespace) -> None:
+    """The BENCH lines of scripts/bench_all.py: end to end vs the I/O limit, render vs the loop, worker scaling."""
+    events = f"{f['events']} events, {f['size']} px"
+    print(bench_line(f"hits2png end to end (workers=1 threads={args.threads}) vs read + encode alone ({events})",
+                     f["e2e_threads_events_per_s"], f["limit_events_per_s"], ">= 0.5", "events/s"))
+    print(bench_line(f"hits2png render: vectorised vs per-event loop ({events})", f["vectorised_events_per_s"],
+                     f["loop_events_per_s"], ">= 20", "events/s"))
+    for w in args.workers:
+        print(bench_line(f"hits2png scaling: workers={w} vs workers=1 (threads=0)", f["e2e_events_per_s"][w],
+                         f["e2e_events_per_s"][1], "", "events/s",
+                         note=f"goal near-linear (~{w}x) up to the {f['cpus']} CPUs, on a quiet machine"))
 
 
 def load_average() -> str:
@@ -305,7 +322,10 @@ def main() -> None:
     parser.add_argument("--encoders", action="store_true",
                         help="also time other deflate libraries if installed (zlib-ng, libdeflate, ISA-L) on the images")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     args = parser.parse_args()
+    if args.small:
+        args.events, args.repeat, args.workers = 2000, 3, "2"
     args.workers = [w for w in dict.fromkeys(int(w) for w in args.workers.split(",")) if w > 1]
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench_hits2png-") as tmp:

@@ -1,6 +1,7 @@
 """Benchmark: engine=local vs engine=spark for popularity features and transfer flattening at 1x, 4x, 16x size.
 
     .venv/bin/python scripts/bench_metadata_engines.py [--scales 1 4 16] [--master 'local[*]'] [--work DIR]
+    .venv/bin/python scripts/bench_metadata_engines.py --small    # scripts/bench_all.py: transfers at 1x only
 
 1x is the default simulated size (`cmsdl simulate-popularity`: 4000 datasets x 60 weeks; `cmsdl
 simulate-transfers`: 20,000 records). Every measurement runs in its own process (this script with --run), so
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_all import bench_line
 
 POPULARITY_DATASETS, POPULARITY_WEEKS, TRANSFERS = 4000, 60, 20_000
 
@@ -111,11 +114,14 @@ def main() -> None:
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--work", default=None, help="directory for the simulated inputs (default: a temporary one)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     parser.add_argument("--run", nargs=3, metavar=("TASK", "ENGINE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         run_one(*args.run, args.master, args.work)
         return
+    if args.small:
+        args.scales, args.tasks, args.timeout = [1], ["transfers"], 300.0
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as scratch:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -125,14 +131,17 @@ def main() -> None:
             paths = dict(zip(("popularity", "transfers"), write_inputs(work, scale)))
             for task in args.tasks:
                 size = paths[task].stat().st_size / 1e6
-                walls = {}
+                walls, ok = {}, True
                 for engine in ("local", "spark"):
                     seconds, peak, result = measure(task, engine, paths[task], args.master, work, args.timeout)
-                    walls[engine] = seconds
+                    walls[engine], ok = seconds, ok and result.startswith("rows=")
                     load = "/".join(f"{v:.1f}" for v in os.getloadavg())
                     print(f"{task} | {scale}x | {size:.0f} | {engine} | {seconds:.1f} | {peak / 1e9:.2f} | {result} | "
                           f"{load}", flush=True)
                 print(f"{task} | {scale}x | spark / local wall time: {walls['spark'] / walls['local']:.2f}", flush=True)
+                if ok:  # a failed run is no figure (bench_all then reports the script as failed)
+                    print(bench_line(f"metadata engines: {task} {scale}x, spark vs local wall time (JVM start included)",
+                                     walls["spark"], walls["local"], "", "s"), flush=True)
 
 
 if __name__ == "__main__":

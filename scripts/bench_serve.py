@@ -11,6 +11,7 @@ the load average when the run started. The machine's other load changes the figu
     python scripts/bench_serve.py                                   # hey -n 20000 -c 100, workers=1 vs workers=2
     python scripts/bench_serve.py --settings "http=h11 inline_kb=0" "inline_kb=0" "" "workers=2"   # step by step
     python scripts/bench_serve.py --model models/mlp.onnx --requests 2000 --clients 8 --no-hey
+    python scripts/bench_serve.py --small     # scripts/bench_all.py: JSON only, 3000 requests, workers=1 vs 2
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_all import bench_line
 from cmsdl.inference import Predictor
 
 TICKS = os.sysconf("SC_CLK_TCK")
+JSON_TARGET_REQUESTS_PER_S = 5000.0  # issue 21's target for single-row JSON requests (a target, not measured here)
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,24 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     if first != last:
         for kind in dict.fromkeys(r.kind for r in rows):
             print(f"ratio {last} / {first} requests/s, {kind}: {by[last, kind] / by[first, kind]:.2f}")
-    print(f"ratio npy/json requests/s: {by[last, 'npy'] / by[last, 'json']:.2f}")
+    if (last, "npy") in by and (last, "json") in by:
+        print(f"ratio npy/json requests/s: {by[last, 'npy'] / by[last, 'json']:.2f}")
+
+
+def print_bench_lines(rows: list[Row], args: argparse.Namespace) -> None:
+    """The BENCH lines of scripts/bench_all.py: last setting vs first per payload, and JSON req/s vs the target."""
+    driver = f"hey -c {args.clients}" if args.hey else f"{args.clients} Python clients, hey not installed"
+    by = {(r.setting, r.kind): r for r in rows}
+    first, last = rows[0].setting, rows[-1].setting
+    for kind in dict.fromkeys(r.kind for r in rows):
+        if first != last:
+            print(bench_line(f"serve: {kind} req/s, {last} vs {first} ({driver})", by[last, kind].requests_per_s,
+                             by[first, kind].requests_per_s, "", "req/s"))
+    if (last, "json") in by:
+        rate = by[last, "json"].requests_per_s
+        print(bench_line(f"serve: single-row JSON req/s, {last} ({driver})", rate, JSON_TARGET_REQUESTS_PER_S,
+                         ">= 1", "req/s", note=f"reference: the issue's target of {JSON_TARGET_REQUESTS_PER_S:.0f} "
+                                                "req/s, not a measurement"))
 
 
 def main() -> None:
@@ -220,9 +240,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--model", type=Path, help="an exported .onnx model (default: train and export the MLP)")
+    parser.add_argument("--payloads", default="json,npy,v2-binary", help="body kinds to send, comma-separated")
+    parser.add_argument("--small", action="store_true", help="the quick configuration of scripts/bench_all.py")
     parser.add_argument("--no-hey", dest="hey", action="store_false", help="use Python clients even if hey is "
                                                                            "installed")
     args = parser.parse_args()
+    if args.small:
+        args.requests, args.payloads, args.settings = 3000, "json", ["workers=1", "workers=2"]
     args.hey = args.hey and shutil.which("hey") is not None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -232,9 +256,10 @@ def main() -> None:
         shutil.copy(model, models / "mlp.onnx")
         spec = Predictor(model).contract.input
         x = np.random.default_rng(0).normal(size=(args.batch, *spec.shape[1:])).astype(np.float32)
-        kinds = payloads("mlp", x, spec.name)
+        kinds = [p for p in payloads("mlp", x, spec.name) if p.kind in args.payloads.split(",")]
         rows = [row for setting in args.settings for row in measure(models, setting, kinds, args, work / "log")]
     print_table(rows, args)
+    print_bench_lines(rows, args)
 
 
 if __name__ == "__main__":

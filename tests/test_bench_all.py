@@ -54,11 +54,11 @@ def test_a_failing_or_silent_script_is_a_row_and_the_exit_status(tmp_path: Path,
 
 def test_every_bench_script_has_the_small_flag_and_a_bench_line() -> None:
     """bench_all runs each with --small and reads its BENCH lines; a script without them would be a FAILED row."""
-    owned = ["bench_root_stream", "bench_train_overhead", "bench_image_loader", "bench_inference", "bench_cache_sim",
-             "bench_flatten", "bench_resnet_precision"]
-    for name in owned:
-        text = (REPO / "scripts" / f"{name}.py").read_text()
-        assert '"--small"' in text and "bench_line(" in text, name
+    scripts = script("bench_all").bench_scripts(None)
+    assert len(scripts) >= 11
+    for path in scripts:
+        text = path.read_text()
+        assert '"--small"' in text and "bench_line(" in text, path.name
 
 
 def test_gpu_check_without_cuda_is_one_line_and_exit_0(monkeypatch: pytest.MonkeyPatch,
