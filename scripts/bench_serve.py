@@ -218,7 +218,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
 
 def print_bench_lines(rows: list[Row], args: argparse.Namespace) -> None:
     """The BENCH lines of scripts/bench_all.py: last setting vs first per payload, and JSON req/s vs the target."""
-    driver = f"hey -c {args.clients}" if args.hey else f"{args.clients} Python clients, hey not installed"
+    driver = f"hey -c {args.clients}" if args.hey else f"{args.clients} Python clients, not hey"
     by = {(r.setting, r.kind): r for r in rows}
     first, last = rows[0].setting, rows[-1].setting
     for kind in dict.fromkeys(r.kind for r in rows):
