@@ -77,13 +77,18 @@ class CheckpointOnSigterm(pl.Callback):
     """On SIGTERM (how Kubernetes stops a pod; torchrun passes it on) save `path`, the run's last.ckpt, and stop.
 
     Lightning's own SIGTERM handler runs a collective inside the signal handler, which deadlocks DDP when the
-    ranks are interrupted at different points. This one only notes the signal; after every training batch all
-    ranks agree (one all-reduce) whether any got it, then rank 0 writes the checkpoint and every rank raises
-    SIGTERMException, so that the same command with `resume=true` continues from where it stopped.
+    ranks are interrupted at different points. This one only notes the signal. One process checks its flag after
+    every batch; under DDP the ranks agree (one all-reduce, and on GPUs a device synchronisation) whether any got
+    it every `every_n_batches` batches and at each epoch's end, the same batches on every rank. Then rank 0 writes
+    the checkpoint and every rank raises SIGTERMException, so that the same command with `resume=true` continues
+    from where it stopped.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, every_n_batches: int = 10) -> None:
+        if every_n_batches < 1:
+            raise ValueError(f"every_n_batches: expected a positive number of batches, got {every_n_batches}")
         self.path = Path(path)
+        self.every_n_batches = every_n_batches
         self.requested = False
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
@@ -96,6 +101,15 @@ class CheckpointOnSigterm(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if trainer.world_size == 1 or (batch_idx + 1) % self.every_n_batches == 0:
+            self._stop_if_any_rank_got_it(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            self._stop_if_any_rank_got_it(trainer)
+
+    def _stop_if_any_rank_got_it(self, trainer: pl.Trainer) -> None:
+        """Save the checkpoint and stop every rank if any rank noted SIGTERM (a collective under DDP)."""
         if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             trainer.save_checkpoint(self.path)
             if trainer.is_global_zero:

@@ -99,6 +99,7 @@ TRAIN_VALUE_RULES: tuple[ValueRule, ...] = (
     ValueRule("model.optimizer.lr", float, lambda v: 0 < v < float("inf"), "a number > 0, e.g. 1e-3"),
     ValueRule("model.optimizer.weight_decay", float, lambda v: 0 <= v < float("inf"), "a number >= 0"),
     ValueRule("model.net.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ValueRule("sigterm_check_every_n_batches", int, lambda v: v >= 1, "an integer >= 1"),
 )
 
 

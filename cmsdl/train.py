@@ -69,7 +69,8 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     log.info("network:\n%s", model.net)
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     callbacks.append(RunContext(to_plain(cfg), datamodule.preprocessing(), datamodule.task))
-    callbacks.append(CheckpointOnSigterm(Path(cfg.paths.output_dir) / LAST_CKPT))
+    callbacks.append(CheckpointOnSigterm(Path(cfg.paths.output_dir) / LAST_CKPT,
+                                         cfg.get("sigterm_check_every_n_batches") or 10))
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log_config(loggers, to_plain(cfg))
     trainer = instantiate_logged(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
