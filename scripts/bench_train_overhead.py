@@ -11,8 +11,9 @@ Two workloads, each run by the three sides from the same initial weights, single
 Raw: shuffle, slice batches, optimiser step, one no-grad validation pass per epoch. Bare Lightning: a
 LightningModule with the same loss and optimiser, no callbacks, logger, metrics or checkpoints, fed the raw
 loop's batches. cmsdl: `cmsdl.train.build` with the run's config (overrides after `--` go to both workloads).
-Prints samples/s of each side, the ratios, the load average, and one `BENCH {json}` line per goal
-(see scripts/bench_all.py): MLP cmsdl / bare Lightning >= 0.95, ResNet34 cmsdl / raw >= 0.95.
+Prints samples/s of each side, the ratios, the CPU seconds of each side (`time.process_time`, which a busy
+machine moves much less than the wall clock), the load average, and one `BENCH {json}` line per goal
+(see scripts/bench_all.py, wall clock): MLP cmsdl / bare Lightning >= 0.95, ResNet34 cmsdl / raw >= 0.95.
 
     python scripts/bench_train_overhead.py [--small] [--workflows 20000] [--epochs 10] [--batch-size 256]
         [--resnet-images 512] [--resnet-epochs 2] [--resnet-batch 64] [--only mlp|resnet] [-- override ...]
@@ -74,14 +75,25 @@ def bce(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(net(x).reshape(-1), y.float())
 
 
+class Clock:
+    """Wall-clock and CPU seconds (this process, all its threads) since it was made."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def seconds(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def raw_loop(net: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-             epochs: int, batch_size: int, optimizer: Callable[..., torch.optim.Optimizer], device: str) -> float:
-    """Plain PyTorch: shuffle, slice batches, optimiser step, one no-grad validation pass per epoch; seconds."""
+             epochs: int, batch_size: int, optimizer: Callable[..., torch.optim.Optimizer],
+             device: str) -> tuple[float, float]:
+    """Plain PyTorch: shuffle, slice batches, optimiser step, one no-grad validation pass per epoch; (wall, CPU) s."""
     net = net.to(device)
     x, y = (t.to(device) for t in train)
     xv, yv = (t.to(device) for t in val)
     opt = optimizer(params=net.parameters())
-    start = time.perf_counter()
+    clock = Clock()
     for _ in range(epochs):
         net.train()
         for rows in torch.randperm(len(y), device=device).split(batch_size):
@@ -95,7 +107,7 @@ def raw_loop(net: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor], val
                 bce(net, xv[rows], yv[rows]).item()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock.seconds()
 
 
 class BareModule(pl.LightningModule):
@@ -117,23 +129,23 @@ class BareModule(pl.LightningModule):
 
 def bare_lightning(net: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                    val: tuple[torch.Tensor, torch.Tensor], epochs: int, batch_size: int,
-                   optimizer: Callable[..., torch.optim.Optimizer], device: str) -> float:
-    """A bare LightningModule and Trainer (no callbacks, logger, checkpoints, summary, progress bar); seconds."""
+                   optimizer: Callable[..., torch.optim.Optimizer], device: str) -> tuple[float, float]:
+    """A bare LightningModule and Trainer (no callbacks, logger, checkpoints, summary, progress bar); (wall, CPU) s."""
     trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=epochs,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=[])
-    start = time.perf_counter()
+    clock = Clock()
     trainer.fit(BareModule(net, optimizer), loader(*train, batch_size, True), loader(*val, batch_size, False))
-    return time.perf_counter() - start
+    return clock.seconds()
 
 
-def cmsdl_fit(cfg: Any) -> tuple[float, Any, Any]:
-    """`cmsdl train`'s datamodule, model and trainer built from `cfg`, fitted; (seconds, datamodule, model)."""
+def cmsdl_fit(cfg: Any) -> tuple[tuple[float, float], Any, Any]:
+    """`cmsdl train`'s datamodule, model and trainer built from `cfg`, fitted; ((wall, CPU) s, datamodule, net)."""
     datamodule, model, trainer = build(cfg)
     initial = copy.deepcopy(model.net)
-    start = time.perf_counter()
+    clock = Clock()
     trainer.fit(model, datamodule=datamodule)
-    return time.perf_counter() - start, datamodule, initial
+    return clock.seconds(), datamodule, initial
 
 
 class TensorImages(pl.LightningDataModule):
@@ -220,10 +232,14 @@ def build_optimizer(cfg: Any) -> Callable[..., torch.optim.Optimizer]:
     return instantiate(cfg.model.optimizer)
 
 
-def figures(name: str, samples: int, raw_s: float, bare_s: float, cmsdl_s: float, setting: str) -> dict[str, Any]:
-    return {"name": name, "setting": setting, "samples": samples, "raw_s": raw_s, "bare_s": bare_s,
-            "cmsdl_s": cmsdl_s, "raw_per_s": samples / raw_s, "bare_per_s": samples / bare_s,
-            "cmsdl_per_s": samples / cmsdl_s}
+def figures(name: str, samples: int, raw_s: tuple[float, float], bare_s: tuple[float, float],
+            cmsdl_s: tuple[float, float], setting: str) -> dict[str, Any]:
+    """One workload's row: wall seconds and samples/s, and CPU seconds, of each side."""
+    sides = {"raw": raw_s, "bare": bare_s, "cmsdl": cmsdl_s}
+    row: dict[str, Any] = {"name": name, "setting": setting, "samples": samples}
+    for side, (wall, cpu) in sides.items():
+        row |= {f"{side}_s": wall, f"{side}_cpu_s": cpu, f"{side}_per_s": samples / wall}
+    return row
 
 
 def print_table(rows: list[dict[str, Any]], device: str) -> None:
@@ -235,6 +251,12 @@ def print_table(rows: list[dict[str, Any]], device: str) -> None:
         print(f"{r['name']:15}{r['raw_per_s']:>12,.0f}{r['bare_per_s']:>12,.0f}{r['cmsdl_per_s']:>12,.0f}"
               f"{r['cmsdl_per_s'] / r['raw_per_s']:>11.3f}{r['cmsdl_per_s'] / r['bare_per_s']:>11.3f}"
               f"{r['bare_per_s'] / r['raw_per_s']:>10.3f}  {r['setting']}")
+    print(f"\n{'CPU seconds':15}{'raw':>12}{'bare PL':>12}{'cmsdl':>12}{'cmsdl/raw':>11}{'cmsdl/bare':>11}"
+          f"{'bare/raw':>10}  (ratios of samples per CPU second)")
+    for r in rows:
+        raw, bare, ours = r["raw_cpu_s"], r["bare_cpu_s"], r["cmsdl_cpu_s"]
+        print(f"{r['name']:15}{raw:>12.3f}{bare:>12.3f}{ours:>12.3f}{raw / ours:>11.3f}{bare / ours:>11.3f}"
+              f"{raw / bare:>10.3f}")
 
 
 def print_bench_lines(rows: list[dict[str, Any]]) -> None:
