@@ -46,7 +46,10 @@ class Classifier(TrainedNetwork):
     ) -> None:
         super().__init__(net, optimizer, class_names, scheduler, monitor)
         self.binary = output_size(class_names, binary_head) == 1
-        task = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": len(class_names)}
+        # validate_args=False: torchmetrics' value checks read the device each batch; labels are valid by construction
+        task: dict[str, Any] = {"task": "binary", "validate_args": False}
+        if not self.binary:
+            task |= {"task": "multiclass", "num_classes": len(class_names)}
         self.val_metrics = MetricCollection({"acc": Accuracy(**task), "auroc": AUROC(**task)}, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
 
