@@ -39,6 +39,7 @@ def test_precision_benchmark_times_both_sides_on_the_same_network(tmp_path: Path
     assert figures["ratio"] == pytest.approx(figures["bf16_channels_last_images_per_s"] / figures["fp32_images_per_s"])
 
 
+@pytest.mark.slow
 def test_toy_separability_reports_each_view(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "toy_separability.py"), "--events", "300",
                            "--classes", "jpsi", "qcd"], cwd=tmp_path, capture_output=True, text=True, check=True)
@@ -47,6 +48,7 @@ def test_toy_separability_reports_each_view(tmp_path: Path) -> None:
     assert all(float(line.split("accuracy")[1].split("%")[0]) > 80 for line in lines)
 
 
+@pytest.mark.slow
 def test_toy_separability_reports_the_hit_count_baseline_of_root_files(tmp_path: Path) -> None:
     run_cmsdl("simulate", "out=raw", "n_events=100", "processes=[jpsi,qcd]", "progress=false", cwd=tmp_path)
     stdout, figures = run_script("toy_separability.py", tmp_path, "--root", "raw/*.root", "--classes", "jpsi", "qcd")

@@ -77,6 +77,7 @@ def check_family(root: Path, model: str) -> None:
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_resnet34_exports_and_matches_pytorch(image_set: Path) -> None:
     check_family(image_set, "resnet34")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import awkward as ak
 import numpy as np
+import pytest
 import uproot
 
 from cmsdl.sim.geometry import cms_barrel
@@ -48,6 +49,7 @@ def write_processes(folder: Path, n: int, **settings: float) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_hit_counts_alone_do_not_tell_jpsi_from_qcd(tmp_path: Path) -> None:
     baseline = hit_count_baseline(write_processes(tmp_path / "new", 300), ["jpsi", "qcd"])
     assert baseline["events"] == 600 and baseline["majority_rate"] == 0.5

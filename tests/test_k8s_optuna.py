@@ -14,6 +14,7 @@ from test_k8s_launcher import SweepApiServer
 optuna = pytest.importorskip("optuna", reason="optuna is not installed (the optuna extra)")
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(tmp_path: Path, workflows_file: Path) -> None:
     run_cmsdl(*train_args(workflows_file, tmp_path / "logs", "hparams_search=workflow_optuna",
                           "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", "test=false", "run_name=search"),

@@ -169,6 +169,7 @@ def test_source_state_describes_features(records_file: Path) -> None:
     np.testing.assert_array_equal(other.transform([samples[i] for i in range(50)]), x[:50])
 
 
+@pytest.mark.slow
 def test_rolling_window_command_reports_every_model_and_resumes(records_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "rolling"
     args = ["popularity", f"input={records_file}", f"out={out}", "train_months=3", "max_windows=2",

@@ -52,6 +52,7 @@ def test_remote_rows_equal_local_rows(served: dict) -> None:
     assert np.array_equal(x_local, x_remote) and np.array_equal(y_local, y_remote)
 
 
+@pytest.mark.slow
 def test_train_and_score_from_the_server(served: dict, tmp_path: Path) -> None:
     files = [f"data.spec.files.{p}=[{served['remote'][p][0]}]" for p in ("ttbar", "qcd")]
     run_cmsdl("train", "experiment=top_sb", *files, "trainer=cpu", "trainer.max_epochs=2", "run_name=x",

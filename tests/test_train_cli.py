@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import run_cmsdl, train_args
@@ -62,6 +63,7 @@ def test_train_then_eval_write_every_artefact(tmp_path: Path, workflows_file: Pa
     assert (eval_dir / "predictions.csv").read_text().splitlines()[0] == "id,true,predicted,p_acdc,p_clone"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path, workflows_file: Path) -> None:
     args = train_args(workflows_file, tmp_path / "logs", "trainer.max_epochs=25", "data.batch_size=8",
                       "callbacks.early_stopping.patience=1000", "test=false")

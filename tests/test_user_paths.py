@@ -57,6 +57,7 @@ def test_readme_k8s_sweep_with_default_paths(workdir: Path, monkeypatch: pytest.
     assert all(c["metrics"]["test/auroc"] > 0.8 and c["pod_metrics_json"].startswith("/outputs/") for c in collected)
 
 
+@pytest.mark.slow
 def test_resume_picks_the_newest_unfinished_run_and_never_a_finished_one(workdir: Path) -> None:
     command = ("train", "experiment=workflow_actions", *QUICK)
     run_cmsdl(*command, "data.source.path=${paths.data_dir}/workflows.json", "run_name=interp", cwd=workdir)
@@ -96,6 +97,7 @@ def test_a_bad_value_is_one_error_line_naming_the_key(workdir: Path, override: s
         (d / "checkpoints").exists() for d in runs(workdir).values()), "nothing was trained"
 
 
+@pytest.mark.slow
 def test_readme_delphes_data_config_is_a_datamodule(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     [block] = [b for b in readme.split("```yaml\n")[1:] if b.startswith("# my-configs/data/delphes.yaml")]
