@@ -54,25 +54,28 @@ def cell(value: Any) -> tuple[float | None, bool, float | None, bool]:
 
 
 def record_rows(chunks: Iterable[Any], marker: str, list_limit: int) -> Iterator[tuple]:
-    """Spark worker: (file, line, reason, tr_id, cells) per record chunk; blank tails are dropped."""
+    """Spark worker: (file, line, reason, tr_id, cells, split, id) per record chunk; blank tails are dropped.
+    (split, id) is the chunk's read order in its file: two records on one line share `line`."""
     for chunk in chunks:
         text = chunk.value
         lead = len(text) - len(text.lstrip())
         line = chunk.line + text.count("\n", 0, lead)
         if chunk.tail:
             if text.strip():
-                yield chunk.file, line, f"truncated record (no {marker!r} marker before the end of the file)", None, []
+                yield (chunk.file, line, f"truncated record (no {marker!r} marker before the end of the file)", None, [],
+                       chunk.split, chunk.id)
             continue
         try:
             record = loads_json(text)
         except ValueError as err:
-            yield chunk.file, line, f"not valid JSON ({getattr(err, 'msg', err)})", None, []
+            yield chunk.file, line, f"not valid JSON ({getattr(err, 'msg', err)})", None, [], chunk.split, chunk.id
             continue
         problem = check_record(record)
         if problem:
-            yield chunk.file, line, problem, None, []
+            yield chunk.file, line, problem, None, [], chunk.split, chunk.id
             continue
-        yield chunk.file, line, None, str(record.get("tr_id")), [(name, *cell(v)) for name, v in flat_items(record, list_limit)]
+        yield (chunk.file, line, None, str(record.get("tr_id")),
+               [(name, *cell(v)) for name, v in flat_items(record, list_limit)], chunk.split, chunk.id)
 
 
 def record_schema() -> Any:
@@ -83,7 +86,8 @@ def record_schema() -> Any:
                         StructField("hashed", BooleanType())])
     return StructType([StructField("file", StringType()), StructField("line", LongType()),
                        StructField("reason", StringType()), StructField("tr_id", StringType()),
-                       StructField("cells", ArrayType(cells))])
+                       StructField("cells", ArrayType(cells)), StructField("split", LongType()),
+                       StructField("id", LongType())])
 
 
 def read_records(spark: Any, paths: list[str], marker: str, list_limit: int) -> tuple[Any, dict[str, int]]:
@@ -101,7 +105,7 @@ def read_records(spark: Any, paths: list[str], marker: str, list_limit: int) -> 
     last = chunks.groupBy("file").agg(F.max(F.struct("split", "id")).alias("_last"))
     chunks = chunks.join(F.broadcast(last), "file").withColumn(
         "tail", F.col("file").isin(open_ended) & (F.struct("split", "id") == F.col("_last")))
-    rows = chunks.select("value", "file", "line", "tail").rdd.mapPartitions(
+    rows = chunks.select("value", "file", "line", "tail", "split", "id").rdd.mapPartitions(
         lambda part: record_rows(part, marker, list_limit))
     return spark.createDataFrame(rows, record_schema()).persist(), files
 
@@ -132,7 +136,8 @@ def wide_table(records: Any) -> tuple[Any, list[str], dict[str, str]]:
     from pyspark.sql import functions as F
 
     good = records.filter(F.col("reason").isNull())
-    cells = good.select("file", "line", "tr_id", F.explode("cells").alias("c")).select("file", "line", "tr_id", "c.*")
+    keys = ["file", "line", "tr_id", "split", "id"]
+    cells = good.select(*keys, F.explode("cells").alias("c")).select(*keys, "c.*")
     decided = cells.groupBy("name").agg(F.min(F.col("converts").cast("int")).alias("numeric"),
                                         F.max(F.col("hashed").cast("int")).alias("hashed")).collect()
     names = sorted(r.name for r in decided)
@@ -143,8 +148,8 @@ def wide_table(records: Any) -> tuple[Any, list[str], dict[str, str]]:
                                                   "name string, col int, numeric boolean")
     value = F.when(F.col("numeric"), F.col("number")).otherwise(F.col("mixed"))
     cells = cells.join(F.broadcast(choice), "name").withColumn("value", value)
-    wide = cells.groupBy("file", "line", "tr_id").pivot("col", list(range(len(names)))).agg(F.first("value"))
-    return wide.select("file", "line", "tr_id", *(F.col(f"`{i}`").alias(f"c{i}") for i in range(len(names)))), names, kinds
+    wide = cells.groupBy(*keys).pivot("col", list(range(len(names)))).agg(F.first("value"))
+    return wide.select(*keys, *(F.col(f"`{i}`").alias(f"c{i}") for i in range(len(names)))), names, kinds
 
 
 def flatten_logs_spark(inputs: str | list[str], out: str | Path, settings: SparkSettings, marker: str = MARKER,
@@ -166,7 +171,7 @@ def flatten_logs_spark(inputs: str | list[str], out: str | Path, settings: Spark
         bad = report_bad(records, files)
     with spark_errors(name, "flattening the transfer records"):
         wide, names, kinds = wide_table(records)
-        wide.orderBy("file", "line").write.mode("overwrite").parquet(str(partial))
+        wide.orderBy("file", "split", "id").drop("split", "id").write.mode("overwrite").parquet(str(partial))
     records.unpersist()
     (partial / KINDS).write_text(json.dumps({"names": names, "kinds": kinds}))
     if out.exists():
