@@ -25,12 +25,12 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmsdl.errors import BadRecord, CmsdlError, ConfigError, describe_bad_records
+from cmsdl.errors import BadRecord, CmsdlError, ConfigError, InputFormatError, describe_bad_records
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +226,25 @@ def readable_inputs(paths: list[str], what: str) -> tuple[list[str], list[str]]:
         else:
             good.append(str(local.resolve()))
     return good, skipped
+
+
+def spark_inputs(inputs: str | Sequence[str | Path], what: str) -> list[str]:
+    """The readable inputs; each skipped one is a warning, and none readable is one error line."""
+    paths, skipped = readable_inputs([inputs] if isinstance(inputs, str) else [str(p) for p in inputs], what)
+    for reason in skipped:
+        log.warning("%s; skipped", reason)
+    if not paths:
+        raise InputFormatError("; ".join(skipped))
+    return paths
+
+
+def partial_dir(out: Path) -> Path:
+    """Where a Parquet directory is written before :func:`publish_dir` puts it in place."""
+    return out.with_name(f".{out.name}.partial")
+
+
+def publish_dir(partial: Path, out: Path) -> None:
+    """Replace `out` by the finished `partial` directory."""
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)

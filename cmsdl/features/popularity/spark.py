@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ import numpy as np
 from cmsdl.errors import BadRecord, ConfigError, InputFormatError
 from cmsdl.features.popularity.records import COLUMNS, FLOAT_COLUMNS, FORMAT, INT_COLUMNS, MAX_WEEKS, LabelRule, _check_row
 from cmsdl.features.popularity.source import PopularitySamples, raw_columns
-from cmsdl.features.spark_session import (SHOW_BAD, SparkSettings, bad_summary, file_tails, local_path, read_text,
-                                          readable_inputs, spark_errors, spark_session, with_line_numbers)
+from cmsdl.features.spark_session import (SHOW_BAD, SparkSettings, bad_summary, file_tails, local_path, partial_dir,
+                                          publish_dir, read_text, spark_errors, spark_inputs, spark_session,
+                                          with_line_numbers)
 
 log = logging.getLogger(__name__)
 
@@ -221,15 +221,11 @@ def build_samples_spark(inputs: str | list[str], rule: LabelRule, lags: int, his
     """Samples of all inputs built by Spark and written to `out` (a Parquet directory, replaced atomically)."""
     if lags < 1 or history_weeks < lags:
         raise ConfigError(f"features: expected 1 <= lags <= history_weeks, got lags={lags}, history_weeks={history_weeks}")
-    paths, skipped = readable_inputs([inputs] if isinstance(inputs, str) else [str(p) for p in inputs], "popularity file")
-    for reason in skipped:
-        log.warning("%s; skipped", reason)
-    if not paths:
-        raise InputFormatError("; ".join(skipped))
+    paths = spark_inputs(inputs, "popularity file")
     name = ", ".join(paths)
     spark = spark_session(settings)
     out = Path(out)
-    partial = out.with_name(f".{out.name}.partial")
+    partial = partial_dir(out)
     with spark_errors(name, "reading and checking the popularity records"):
         good, bad, bad_counts = read_checked(spark, paths, max_bad_fraction)
     with spark_errors(name, "building weekly totals and history features"):
@@ -239,7 +235,5 @@ def build_samples_spark(inputs: str | list[str], rule: LabelRule, lags: int, his
     with spark_errors(name, "counting uncovered datasets"):
         uncovered = uncovered_counts(totals, spark.read.parquet(str(partial)), first, last)
     totals.unpersist()
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    publish_dir(partial, out)
     return SparkPopularity(read_samples(out, lags), uncovered, bad, bad_counts, out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from cmsdl.errors import BadRecord, InputFormatError
-from cmsdl.features.spark_session import (SHOW_BAD, SparkSettings, bad_summary, file_tails, local_path, read_text,
-                                          readable_inputs, spark_errors, spark_session, with_line_numbers)
+from cmsdl.features.spark_session import (SHOW_BAD, SparkSettings, bad_summary, file_tails, local_path, partial_dir,
+                                          publish_dir, read_text, spark_errors, spark_inputs, spark_session,
+                                          with_line_numbers)
 from cmsdl.features.transfers.records import MARKER, FlatTable, TransferLog, _as_float, check_record, flat_items, text_hash
 from cmsdl.features.transfers.source import TransferFeatures
 from cmsdl.io import loads_json
@@ -157,15 +157,11 @@ def flatten_logs_spark(inputs: str | list[str], out: str | Path, settings: Spark
     """The good records of all inputs, flattened by Spark into `out` (Parquet, replaced atomically) and read back:
     a TransferLog (records carry only tr_id and file; lines, bad records, bytes) and the FlatTable of
     records.flatten_records."""
-    paths, skipped = readable_inputs([inputs] if isinstance(inputs, str) else [str(p) for p in inputs], "transfer log")
-    for reason in skipped:
-        log.warning("%s; skipped", reason)
-    if not paths:
-        raise InputFormatError("; ".join(skipped))
+    paths = spark_inputs(inputs, "transfer log")
     name = ", ".join(paths)
     spark = spark_session(settings)
     out = Path(out)
-    partial = out.with_name(f".{out.name}.partial")
+    partial = partial_dir(out)
     with spark_errors(name, "reading and checking the transfer records"):
         records, files = read_records(spark, paths, marker, list_limit)
         bad = report_bad(records, files)
@@ -174,9 +170,7 @@ def flatten_logs_spark(inputs: str | list[str], out: str | Path, settings: Spark
         wide.orderBy("file", "split", "id").drop("split", "id").write.mode("overwrite").parquet(str(partial))
     records.unpersist()
     (partial / KINDS).write_text(json.dumps({"names": names, "kinds": kinds}))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    publish_dir(partial, out)
     table, ids, lines, origins = read_flat_table(out)
     source = name if len(paths) > 1 else local_path(paths[0])
     transfer_log = TransferLog([{"tr_id": i, "file": f} for i, f in zip(ids, origins)], bad, source,
